@@ -1,0 +1,2 @@
+"""timm_tricks."""
+__version__ = "0.1.0"

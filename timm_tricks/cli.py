@@ -1,0 +1,168 @@
+"""The ``timm-tricks`` command line: a thin layer over the config, schedule and (later) trainer modules.
+
+Errors a user can cause print one line, ``timm-tricks: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, list_recipes, load_config, load_recipe_dict
+
+# Training-set sizes used to derive steps per epoch when --steps-per-epoch is not given.
+TRAIN_SET_SIZES = {
+    "folder": 1_281_167,  # ImageNet-1k train (Russakovsky et al. 2015)
+    "timm": 1_281_167,
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "digits": 1_437,  # 80% of scikit-learn's 1,797 digits
+}
+
+
+class UserError(Exception):
+    """A mistake in the command line; printed as one line with exit status 2."""
+
+
+def _source_kind(source: str) -> str:
+    return source.split(":", 1)[0]
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if not args.name:
+            raise UserError("recipes show needs a recipe name or path; see 'timm-tricks recipes'")
+        print(load_config(args.name).to_yaml(), end="")
+        return 0
+    if args.action not in (None, "list"):
+        raise UserError(f"unknown recipes action {args.action!r}; valid: list, show NAME")
+    names = list_recipes()
+    width = max(len(n) for n in names)
+    for name in names:
+        description = load_recipe_dict(name).get("description", "")
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def lr_table(cfg, steps_per_epoch: int) -> list[tuple[int, float, float]]:
+    """``(step, epoch, lr)`` for every step of ``cfg``'s run, read off a real optimizer driven by the scheduler.
+
+    The lr is that of parameter groups with multiplier 1, after linear scaling (one process).
+    """
+    import torch
+
+    from .schedule import TricksScheduler, schedule_from_config
+
+    schedule = schedule_from_config(cfg, steps_per_epoch)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.scaled_lr())
+    scheduler = TricksScheduler(optimizer, schedule)
+    rows = []
+    for step in range(schedule.total_steps):
+        rows.append((step, step / steps_per_epoch, optimizer.param_groups[0]["lr"]))
+        scheduler.step_update(step + 1)
+    return rows
+
+
+def cmd_lr_schedule(args: argparse.Namespace) -> int:
+    updates = {}
+    if args.epochs is not None:
+        updates["train"] = {"epochs": args.epochs}
+    if args.batch_size is not None:
+        updates["data"] = {"batch_size": args.batch_size, "batch_size_per_device": None}
+    cfg = load_config(args.recipe, args.set, **updates)
+    steps = args.steps_per_epoch
+    if steps is None:
+        kind = _source_kind(cfg.data.source)
+        size = args.train_size or TRAIN_SET_SIZES.get(kind)
+        if size is None:
+            raise UserError(f"cannot tell the training-set size of data.source={cfg.data.source!r}; "
+                            "pass --steps-per-epoch or --train-size")
+        steps = math.ceil(size / cfg.global_batch_size())
+    if steps < 1:
+        raise UserError(f"--steps-per-epoch must be >= 1, got {steps}")
+    rows = lr_table(cfg, steps)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "epoch", "lr"])
+    writer.writerows((s, f"{e:.6g}", f"{lr:.10g}") for s, e, lr in rows)
+    if args.csv:
+        _write_new(Path(args.csv), buf.getvalue())
+        print(f"wrote {len(rows)} steps to {args.csv}", file=sys.stderr)
+    if args.plot:
+        _plot(rows, cfg.name, Path(args.plot))
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if not args.csv and not args.plot:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def _write_new(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _plot(rows: list[tuple[int, float, float]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--plot must name a .png file, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([r[1] for r in rows], [r[2] for r in rows])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{title}: per-step learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timm-tricks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("recipes", help="list the shipped recipes, or show one resolved")
+    p.add_argument("action", nargs="?", choices=["list", "show"], help="list (default) or show NAME")
+    p.add_argument("name", nargs="?", help="recipe name or YAML path (with show)")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("lr-schedule", help="print or plot the per-step learning rate of a recipe")
+    p.add_argument("--recipe", required=True, help="recipe name or YAML path")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: from the data set size)")
+    p.add_argument("--train-size", type=int, help="training images, to derive steps per epoch")
+    p.add_argument("--batch-size", type=int, help="override the global batch size (data.batch_size)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--csv", help="write the CSV here instead of printing it")
+    p.add_argument("--plot", help="draw the schedule to this PNG file")
+    p.set_defaults(func=cmd_lr_schedule)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UserError) as e:
+        print(f"timm-tricks: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
