@@ -55,7 +55,7 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how many go in a batch."""
 
-    source: str = _f("digits", doc="digits | synthetic[:N] | folder:PATH | cifar10[:ROOT] | cifar100[:ROOT] | timm:NAME")
+    source: str = _f("digits", doc="digits, synthetic[:N], folder:PATH, cifar10[:ROOT], cifar100[:ROOT], timm:NAME")
     image_size: int = _f(224, ge=8, doc="training crop size")
     batch_size: int = _f(256, ge=1, doc="global batch: per-process batch x processes x accumulation steps")
     batch_size_per_device: int | None = _f(None, ge=1, doc="if set, the global batch is this x processes")
@@ -346,16 +346,19 @@ def _check_consistency(cfg: Config) -> None:
     if xs != sorted(xs):
         raise ConfigError(f"schedule.knots epochs must not decrease, got {xs}")
     if s.rescale_epochs and s.reference_epochs is None:
-        raise ConfigError("schedule.rescale_epochs=true needs schedule.reference_epochs (the budget it was written for)")
+        raise ConfigError("schedule.rescale_epochs=true needs schedule.reference_epochs (the budget it was written "
+                          "for)")
     if cfg.mixup.off_epochs > cfg.train.epochs:
         raise ConfigError(f"mixup.off_epochs={cfg.mixup.off_epochs} exceeds train.epochs={cfg.train.epochs}")
-    if cfg.schedule.warmup_epochs > cfg.train.epochs:
+    if cfg.schedule.warmup_epochs > cfg.train.epochs and not s.rescale_epochs:
         raise ConfigError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
 
 
 def _unknown(what: str, bad: str, valid: list[str], candidates: list[str] | None = None) -> str:
     """``unknown WHAT 'bad'; did you mean ...? Valid: ...`` with the closest of ``candidates`` (default ``valid``)."""
-    close = difflib.get_close_matches(bad, candidates or valid, n=3, cutoff=0.5)
+    pool = candidates or valid
+    same_leaf = [c for c in pool if c.rsplit(".", 1)[-1] == bad.rsplit(".", 1)[-1] and c != bad]
+    close = (same_leaf + [c for c in difflib.get_close_matches(bad, pool, n=3, cutoff=0.5) if c not in same_leaf])[:3]
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
     return f"unknown {what} {bad!r}{hint} Valid: {', '.join(valid)}"
 

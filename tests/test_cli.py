@@ -1,0 +1,72 @@
+"""The command line as a user runs it: exit codes, output formats and files."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from timm_tricks.cli import main
+from timm_tricks.config import list_recipes
+
+
+def test_recipes_lists_every_recipe_one_line_each(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list_recipes()
+
+
+def test_recipes_show_prints_resolved_yaml(capsys):
+    assert main(["recipes", "show", "bag_of_tricks"]) == 0
+    out = capsys.readouterr().out
+    assert "name: resnet50d_tricks" in out and "batch_size: 1024" in out and "milestones:" in out
+
+
+def test_lr_schedule_csv_header_and_values(capsys):
+    assert main(["lr-schedule", "--recipe", "bag_of_tricks", "--steps-per-epoch", "4", "--epochs", "10"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["step", "epoch", "lr"]
+    assert len(rows) == 1 + 40
+    # 5 warmup epochs x 4 steps: step 0 at 0.4/20, step 19 at the peak 0.4 (linear scaling of 0.1 at 1024).
+    assert float(rows[1][2]) == pytest.approx(0.4 / 20)
+    assert float(rows[20][2]) == pytest.approx(0.4)
+    assert float(rows[1 + 39][1]) == pytest.approx(39 / 4)
+
+
+def test_lr_schedule_batch_size_rescales_and_default_steps(capsys):
+    assert main(["lr-schedule", "--recipe", "bag_of_tricks_baseline", "--batch-size", "512", "--epochs", "1",
+                 "--set", "optim.linear_scaling=true"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == 1 + -(-1_281_167 // 512)  # ImageNet-1k train / batch, rounded up
+    assert float(rows[1][2]) == pytest.approx(0.2)
+
+
+def test_lr_schedule_writes_csv_and_png(tmp_path, capsys):
+    out_csv, out_png = tmp_path / "lr.csv", tmp_path / "lr.png"
+    assert main(["lr-schedule", "--recipe", "myrtle_resnet9", "--steps-per-epoch", "10", "--csv", str(out_csv),
+                 "--plot", str(out_png)]) == 0
+    assert out_csv.read_text().startswith("step,epoch,lr\n")
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lr-schedule", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (["lr-schedule", "--recipe", "digits", "--set", "optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+    (["lr-schedule", "--recipe", "digits", "--csv", "/no/such/dir/x.csv", "--steps-per-epoch", "2"],
+     "does not exist"),
+    (["lr-schedule", "--recipe", "digits", "--set", "data.source=timmx:foo"], "--steps-per-epoch"),
+    (["recipes", "show"], "needs a recipe name"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_and_module_entry_points():
+    proc = subprocess.run([sys.executable, "-m", "timm_tricks", "lr-schedule", "--recipe", "bad_recipe"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown recipe 'bad_recipe'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "timm_tricks", "frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 2

@@ -1,0 +1,118 @@
+"""Recipes, overrides and validation."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from timm_tricks.config import Config, ConfigError, from_dict, list_recipes, load_config, parse_overrides
+
+EXPECTED_RECIPES = {"bag_of_tricks_baseline", "bag_of_tricks_efficient", "bag_of_tricks", "xception",
+                    "xception_deeplab", "wider_resnet", "myrtle_resnet9", "digits"}
+
+
+def test_all_recipes_ship_and_load():
+    assert EXPECTED_RECIPES <= set(list_recipes())
+    for name in list_recipes():
+        cfg = load_config(name)
+        assert cfg.name == name and cfg.description and cfg.source
+
+
+def test_recipe_numbers_from_the_papers():
+    base = load_config("bag_of_tricks_baseline")
+    assert (base.data.batch_size, base.optim.lr, base.optim.name, base.train.epochs) == (256, 0.1, "sgd", 120)
+    assert (base.schedule.name, base.schedule.milestones, base.schedule.gamma) == ("step", [30, 60, 90], 0.1)
+    assert base.model.init == "xavier" and base.model.name == "resnet50a_tricks"
+    eff = load_config("bag_of_tricks_efficient")
+    assert eff.data.batch_size == 1024 and eff.optim.linear_scaling and eff.scaled_lr() == pytest.approx(0.4)
+    assert eff.schedule.warmup_epochs == 5 and eff.model.zero_gamma and eff.optim.no_bias_decay
+    assert eff.train.precision == "fp16"
+    bot = load_config("bag_of_tricks")
+    assert bot.model.name == "resnet50d_tricks" and bot.schedule.name == "cosine"
+    assert bot.loss.label_smoothing == 0.1 and bot.loss.smoothing_form == "paper"
+    assert bot.mixup.alpha == 0.2 and bot.train.epochs == 200
+    assert bot.distill.teacher and bot.distill.temperature == 20
+    assert bot.schedule.milestones == [30, 60, 90]  # inherited, unused by cosine
+    x = load_config("xception")
+    assert (x.optim.lr, x.optim.momentum, x.optim.weight_decay, x.model.drop_rate) == (0.045, 0.9, 1e-5, 0.5)
+    assert (x.schedule.name, x.schedule.decay_rate, x.schedule.decay_every) == ("exponential", 0.94, 2)
+    d = load_config("xception_deeplab")
+    assert (d.optim.name, d.optim.lr, d.optim.weight_decay, d.data.batch_size_per_device) == ("sgd", 0.05, 4e-5, 32)
+    assert d.model.kwargs == {"bn_eps": 1e-3, "bn_momentum": 3e-4} and d.data.image_size == 299
+    w = load_config("wider_resnet")
+    assert (w.train.epochs, w.optim.lr, w.schedule.name, w.schedule.min_lr, w.data.batch_size) == (
+        90, 0.1, "linear", 1e-6, 256)
+    m = load_config("myrtle_resnet9")
+    assert m.data.batch_size == 512 and m.loss.label_smoothing == 0.2 and m.ema.enabled and m.eval.tta_flip
+    assert m.model.kwargs["act"] == "celu" and m.model.kwargs["ghost_bn_splits"] == 16
+    assert m.optim.bn_bias_lr_mult == 64 and m.schedule.name == "piecewise" and m.train.epochs == 10
+
+
+def test_overrides_are_parsed_as_yaml_and_nested():
+    assert parse_overrides(["optim.lr=0.2", "schedule.milestones=[1, 2]", "distill.teacher=null", "name=x"]) == {
+        "optim": {"lr": 0.2}, "schedule": {"milestones": [1, 2]}, "distill": {"teacher": None}, "name": "x"}
+    cfg = load_config("digits", ["optim.lr=0.3", "train.epochs=2", "model.kwargs={drop_path_rate: 0.1}"])
+    assert cfg.optim.lr == 0.3 and cfg.train.epochs == 2 and cfg.model.kwargs == {"drop_path_rate": 0.1}
+
+
+def test_int_promotes_to_float_but_not_the_reverse():
+    assert load_config("digits", ["optim.lr=1"]).optim.lr == 1.0
+    with pytest.raises(ConfigError, match=r"train.epochs=2.5 must be int"):
+        load_config("digits", ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="optim.linear_scaling='yes please' must be bool"):
+        load_config("digits", ["optim.linear_scaling=yes please"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
+    ("lr=1", "did you mean 'optim.lr'"),
+    ("optim.lr=0", r"optim.lr=0.0 is out of range: must be > 0.0"),
+    ("loss.label_smoothing=1.0", "must be < 1.0"),
+    ("schedule.name=cosin", "schedule.name='cosin' is not a valid choice; valid: constant, cosine"),
+    ("train.precision=fp8", "valid: no, fp16, bf16"),
+    ("schedule.knots=[[0, 1], [2]]", r"schedule.knots\[1\]=\[2.0\] must be an \[epoch, multiplier\] pair"),
+    ("optim=3", "optim must be a mapping"),
+    ("mixup.off_epochs=500", "exceeds train.epochs"),
+    ("broken", "must look like section.key=value"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("digits", [override])
+
+
+def test_unknown_recipe_lists_choices():
+    with pytest.raises(ConfigError, match="unknown recipe 'bag_of_trick'; did you mean 'bag_of_tricks'"):
+        load_config("bag_of_trick")
+
+
+def test_recipe_file_with_base_and_cycle(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: bag_of_tricks\nname: child\noptim:\n  lr: 0.2\n")
+    cfg = load_config(child)
+    assert cfg.optim.lr == 0.2 and cfg.model.name == "resnet50d_tricks" and cfg.name == "child"
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(a)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_yaml_round_trips():
+    for name in list_recipes():
+        cfg = load_config(name)
+        again = from_dict(yaml.safe_load(cfg.to_yaml()))
+        assert again == cfg
+
+
+def test_batch_split_over_processes():
+    cfg = load_config("bag_of_tricks_efficient")
+    assert cfg.per_device_batch_size(8) == 128
+    with pytest.raises(ConfigError, match="does not split"):
+        cfg.per_device_batch_size(3)
+    assert dataclasses.is_dataclass(Config())
