@@ -74,6 +74,8 @@ def test_int_promotes_to_float_but_not_the_reverse():
     ("optim=3", "optim must be a mapping"),
     ("mixup.off_epochs=500", "exceeds train.epochs"),
     ("broken", "must look like section.key=value"),
+    ("model.name=resnet50d_trick", "unknown model.name 'resnet50d_trick'; did you mean 'resnet50d_tricks'"),
+    ("distill.teacher=resnet152e", "unknown distill.teacher 'resnet152e'"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,3 +118,34 @@ def test_batch_split_over_processes():
     with pytest.raises(ConfigError, match="does not split"):
         cfg.per_device_batch_size(3)
     assert dataclasses.is_dataclass(Config())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RECIPES))
+def test_every_recipe_builds_its_model_and_optimizer(name):
+    import timm
+    import torch
+
+    from timm_tricks.optim import create_optimizer
+    from timm_tricks.schedule import TricksScheduler, schedule_from_config
+
+    cfg = load_config(name)
+    kwargs = cfg.model_kwargs(num_classes=7)
+    model = timm.create_model(cfg.model.name, **kwargs)
+    assert model.num_classes == 7
+    if cfg.model.drop_rate is not None:
+        assert model.drop_rate == cfg.model.drop_rate
+    optimizer = create_optimizer(model, cfg)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == n_params
+    scheduler = TricksScheduler(optimizer, schedule_from_config(cfg, steps_per_epoch=3))
+    scheduler.step_update(3 * cfg.train.epochs - 1)
+    assert all(torch.isfinite(torch.tensor(g["lr"])) for g in optimizer.param_groups)
+
+
+def test_model_kwargs_pass_only_set_options():
+    cfg = load_config("bag_of_tricks_baseline")
+    assert cfg.model_kwargs(10) == {"num_classes": 10, "pretrained": False, "init": "xavier", "zero_gamma": False}
+    cfg = load_config("myrtle_resnet9", ["model.pretrained=true", "model.pretrained_file=/w.safetensors"])
+    kwargs = cfg.model_kwargs(10)
+    assert kwargs["pretrained_cfg_overlay"] == {"file": "/w.safetensors"} and kwargs["ghost_bn_splits"] == 16
+    assert "zero_gamma" not in kwargs and "init" not in kwargs

@@ -97,4 +97,4 @@ def test_scheduler_applies_lr_scale_to_bn_bias_group():
 
 def test_unknown_optimizer_name():
     with pytest.raises(ConfigError, match="unknown optim.name 'sgdd'"):
-        create_optimizer(Tiny(), load_config("digits", ["optim.name=sgdd"]))
+        load_config("digits", ["optim.name=sgdd"])

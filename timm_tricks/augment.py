@@ -611,39 +611,66 @@ def _reflect_index(idx: Tensor, n: int) -> Tensor:
     return torch.where(idx >= n, 2 * (n - 1) - idx, idx)
 
 
-def crop_reflect(x: Tensor, offsets: Tensor, padding: int = 4) -> Tensor:
+def _check_padding(padding: Any, h: int, w: int) -> None:
+    if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding < min(h, w):
+        raise ValueError(f"padding must be an integer in [0, {min(h, w) - 1}] for {h}x{w} images, got {padding!r}")
+
+
+def _check_cutout_size(size: Any, h: int, w: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(h, w):
+        raise ValueError(f"size must be an integer in [1, {min(h, w)}] for {h}x{w} images, got {size!r}")
+
+
+def _source_index(x: Tensor, offsets: Tensor | None, padding: int, flip: Tensor | None) -> Tensor:
+    """Flat source index ``(N, H, W)`` into each ``H * W`` plane for a reflect crop and an optional flip."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device).expand(n, h)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if offsets is not None and padding:
+        offsets = offsets.to(device=x.device, dtype=torch.long)
+        rows = _reflect_index(offsets[:, 0:1] - padding + rows, h)  # source row of each output row
+        cols = _reflect_index(offsets[:, 1:2] - padding + cols, w)  # source column of each output column
+    if flip is not None:
+        cols = torch.where(flip.to(device=x.device, dtype=torch.bool).view(n, 1), cols.flip(1), cols)
+    return rows.reshape(n, h, 1) * w + cols.reshape(n, 1, w)
+
+
+def _gather_planes(src: Tensor, index: Tensor, c: int) -> Tensor:
+    """``out[n, c, k] = src[n, c, index[n, k]]`` for a flat ``(N, H, W)`` index shared by the channels."""
+    n, h, w = index.shape
+    return torch.gather(src, 2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+
+
+def crop_reflect(x: Tensor, offsets: Tensor, padding: int = 4, flip: Tensor | None = None) -> Tensor:
     """Crop every image of a batch from its reflect-padded version at its own offset (the deterministic core).
 
     Equivalent to ``F.pad(x, (p, p, p, p), mode="reflect")`` followed by taking, for image ``i``, the ``H`` x ``W``
-    window whose top-left corner is ``offsets[i] = (dy, dx)``, with ``0 <= dy, dx <= 2p``. Implemented as two
-    vectorised gathers from the unpadded images with reflected indices, so the padded batch is never materialised and
-    there is no Python loop over images.
+    window whose top-left corner is ``offsets[i] = (dy, dx)``, with ``0 <= dy, dx <= 2p``; and, for the images
+    selected by ``flip``, mirroring the window left-right (``flip_images(crop_reflect(x, offsets, p), flip)``). It is
+    done as one vectorised gather from the unpadded images with reflected (and, where flipped, reversed) source
+    indices: the padded batch is never materialised and there is no Python loop over images.
 
     Args:
         x: Batch ``(N, C, H, W)``, any dtype, any device.
-        offsets: Integer tensor ``(N, 2)`` of ``(dy, dx)`` window offsets in ``[0, 2 * padding]``, on ``x.device``.
-            Values are not checked (that would need a device sync); out-of-range values give undefined windows.
+        offsets: Integer tensor ``(N, 2)`` of ``(dy, dx)`` window offsets in ``[0, 2 * padding]``. Values are not
+            checked (that would need a device read); out-of-range values give wrong windows.
         padding: Reflect padding ``p`` on every side; ``0 <= p < min(H, W)`` (the limit of reflect padding).
+        flip: Optional boolean tensor ``(N,)``; ``True`` also mirrors that image's window.
 
     Returns:
-        The cropped batch, same shape, dtype and device as ``x``.
+        A new contiguous batch with the same shape, dtype and device as ``x``.
 
     Raises:
-        ValueError: If ``x`` is not 4-D, ``padding`` is out of range, or ``offsets`` is not ``(N, 2)``.
+        ValueError: If ``x`` is not 4-D, ``padding`` is out of range, or ``offsets`` / ``flip`` are wrongly shaped.
     """
     _check_batch(x)
     n, c, h, w = x.shape
-    if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding < min(h, w):
-        raise ValueError(f"padding must be an integer in [0, {min(h, w) - 1}] for {h}x{w} images, got {padding!r}")
+    _check_padding(padding, h, w)
     if offsets.shape != (n, 2):
         raise ValueError(f"offsets must have shape ({n}, 2), got {tuple(offsets.shape)}")
-    if padding == 0:
-        return x.clone()
-    offsets = offsets.to(device=x.device, dtype=torch.long)
-    rows = _reflect_index(offsets[:, 0:1] - padding + torch.arange(h, device=x.device), h)  # (N, H)
-    cols = _reflect_index(offsets[:, 1:2] - padding + torch.arange(w, device=x.device), w)  # (N, W)
-    out = torch.gather(x, 2, rows.view(n, 1, h, 1).expand(n, c, h, w))
-    return torch.gather(out, 3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+    if flip is not None and flip.shape != (n,):
+        raise ValueError(f"flip must have shape ({n},), got {tuple(flip.shape)}")
+    return _gather_planes(x.reshape(n, c, h * w), _source_index(x, offsets, padding, flip), c)
 
 
 def random_crop_reflect(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
@@ -651,11 +678,13 @@ def random_crop_reflect(x: Tensor, padding: int = 4, generator: torch.Generator 
 
     Myrtle.ai's CIFAR-10 pipeline pads 32x32 images by 4 pixels with reflection and takes a random 32x32 crop; here
     the whole ``NCHW`` batch is done at once on its device. Offsets ``(dy, dx)`` are uniform in ``[0, 2p]`` each,
-    drawn per image (see the module docstring for where), then applied with :func:`crop_reflect`.
+    drawn per image as one ``(N, 2)`` integer tensor (see the module docstring for where), then applied with
+    :func:`crop_reflect`.
 
     Args:
         x: Batch ``(N, C, H, W)``, any dtype, any device.
-        padding: Reflect padding on every side (4 in the Myrtle.ai recipe); ``0 <= padding < min(H, W)``.
+        padding: Reflect padding on every side (4 in the Myrtle.ai recipe); ``0 <= padding < min(H, W)``; 0 returns
+            a copy.
         generator: Optional generator for the offsets.
 
     Returns:
@@ -666,12 +695,10 @@ def random_crop_reflect(x: Tensor, padding: int = 4, generator: torch.Generator 
     """
     _check_batch(x)
     n, _, h, w = x.shape
-    if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding < min(h, w):
-        raise ValueError(f"padding must be an integer in [0, {min(h, w) - 1}] for {h}x{w} images, got {padding!r}")
+    _check_padding(padding, h, w)
     if padding == 0:
         return x.clone()
-    offsets = _randint(2 * padding + 1, (n, 2), x, generator)
-    return crop_reflect(x, offsets, padding)
+    return crop_reflect(x, _randint(2 * padding + 1, (n, 2), x, generator), padding)
 
 
 def flip_images(x: Tensor, mask: Tensor) -> Tensor:
@@ -696,6 +723,8 @@ def flip_images(x: Tensor, mask: Tensor) -> Tensor:
 def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """Horizontal flip of each image of a batch with probability ``p``, independently (Myrtle.ai, Page 2018, post 4).
 
+    The flip decision of image ``i`` is ``u[i] < p`` with ``u`` one ``(N,)`` draw from U[0, 1).
+
     Args:
         x: Batch ``(N, C, H, W)``, any dtype, any device.
         p: Flip probability per image, in ``[0, 1]`` (0.5 in the Myrtle.ai recipe).
@@ -713,44 +742,64 @@ def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = N
     return flip_images(x, _rand((x.shape[0],), x, generator) < p)
 
 
+def _cutout_(x: Tensor, corners: Tensor, size: int) -> Tensor:
+    """In-place cutout on a contiguous batch: only the ``size`` affected rows of each plane are read and written."""
+    n, c, h, w = x.shape
+    corners = corners.to(device=x.device, dtype=torch.long)
+    y0 = corners[:, 0].clamp(0, h - size).view(n, 1, 1)
+    x0 = corners[:, 1].clamp(0, w - size).view(n, 1)
+    plane = torch.arange(n * c, device=x.device).view(n, c, 1) * h
+    rows = (plane + y0 + torch.arange(size, device=x.device)).view(-1)  # (N * C * size,) row numbers
+    dx = torch.arange(w, device=x.device) - x0
+    hole = ((dx >= 0) & (dx < size)).view(n, 1, w)
+    flat = x.view(n * c * h, w)
+    band = flat.index_select(0, rows).view(n, c * size, w).masked_fill_(hole, 0)
+    flat.index_copy_(0, rows, band.view(-1, w))
+    return x
+
+
 def cutout_at(x: Tensor, corners: Tensor, size: int = 8) -> Tensor:
     """Zero a ``size`` x ``size`` square in every image at its own top-left corner (the deterministic core).
 
-    The mask is built by broadcasting per-image row and column ranges, so there is no loop over images. All channels
-    of the square are set to 0.
+    Only the ``size`` rows of each image plane that the square touches are gathered, masked and scattered back, with
+    per-image row and column ranges built by broadcasting: no loop over images. All channels are zeroed.
 
     Args:
         x: Batch ``(N, C, H, W)``.
-        corners: Integer tensor ``(N, 2)`` of ``(y0, x0)`` top-left corners; the square covers rows ``y0 .. y0+size-1``
-            and columns ``x0 .. x0+size-1`` (parts outside the image are simply not drawn).
+        corners: Integer tensor ``(N, 2)`` of ``(y0, x0)`` top-left corners; the square covers rows
+            ``y0 .. y0 + size - 1`` and columns ``x0 .. x0 + size - 1``. Corners are clamped to
+            ``[0, H - size] x [0, W - size]`` so the square always lies inside the image.
         size: Side of the square; ``1 <= size <= min(H, W)``.
 
     Returns:
-        A new batch with the squares zeroed.
+        A new contiguous batch with the squares zeroed.
 
     Raises:
         ValueError: If ``x`` is not 4-D, ``size`` is out of range, or ``corners`` is not ``(N, 2)``.
     """
     _check_batch(x)
     n, _, h, w = x.shape
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(h, w):
-        raise ValueError(f"size must be an integer in [1, {min(h, w)}] for {h}x{w} images, got {size!r}")
+    _check_cutout_size(size, h, w)
     if corners.shape != (n, 2):
         raise ValueError(f"corners must have shape ({n}, 2), got {tuple(corners.shape)}")
-    corners = corners.to(device=x.device, dtype=torch.long)
-    dy = torch.arange(h, device=x.device) - corners[:, 0:1]  # (N, H)
-    dx = torch.arange(w, device=x.device) - corners[:, 1:2]  # (N, W)
-    inside = ((dy >= 0) & (dy < size)).view(n, 1, h, 1) & ((dx >= 0) & (dx < size)).view(n, 1, 1, w)
-    return x.masked_fill(inside, 0)
+    return _cutout_(x.clone(memory_format=torch.contiguous_format), corners, size)
+
+
+def _draw_corners(x: Tensor, size: int, generator: torch.Generator | None) -> Tensor:
+    """Top-left corners ``(N, 2)`` uniform over the positions that keep the square inside (rows drawn first)."""
+    n, _, h, w = x.shape
+    ys = _randint(h - size + 1, (n, 1), x, generator)
+    xs = _randint(w - size + 1, (n, 1), x, generator)
+    return torch.cat((ys, xs), dim=1)
 
 
 def cutout(x: Tensor, size: int = 8, generator: torch.Generator | None = None) -> Tensor:
     """Cutout: zero one random ``size`` x ``size`` square per image, fully inside it (Myrtle.ai, Page 2018, post 7).
 
-    Myrtle.ai's recipe adds 8x8 cutout to pad-crop and flip; like its reference code (``davidcpage/cifar10-fast``) the
-    square lies entirely inside the image, with its top-left corner uniform over the ``(H - size + 1) x
-    (W - size + 1)`` valid positions, per image. (DeVries and Taylor's original cutout lets the square overhang the
-    border; this is the Myrtle.ai variant.)
+    Myrtle.ai's recipe adds 8x8 cutout to pad-crop and flip; as in its reference code (``davidcpage/cifar10-fast``)
+    the square lies entirely inside the image, with its top-left corner uniform over the ``(H - size + 1) x
+    (W - size + 1)`` valid positions, drawn per image. (DeVries and Taylor's original cutout lets the square overhang
+    the border; this is the Myrtle.ai variant.)
 
     Args:
         x: Batch ``(N, C, H, W)``, any dtype, any device.
@@ -764,20 +813,19 @@ def cutout(x: Tensor, size: int = 8, generator: torch.Generator | None = None) -
         ValueError: If ``x`` is not 4-D or ``size`` is out of range.
     """
     _check_batch(x)
-    n, _, h, w = x.shape
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(h, w):
-        raise ValueError(f"size must be an integer in [1, {min(h, w)}] for {h}x{w} images, got {size!r}")
-    corners = torch.cat((_randint(h - size + 1, (n, 1), x, generator), _randint(w - size + 1, (n, 1), x, generator)), 1)
-    return cutout_at(x, corners, size)
+    _check_cutout_size(size, x.shape[2], x.shape[3])
+    return cutout_at(x, _draw_corners(x, size, generator), size)
 
 
 class BatchAugment:
     """Pad-crop, flip and cutout on a whole ``NCHW`` batch at once (Myrtle.ai, Page 2018, posts 4 and 7).
 
     "How to train your ResNet" moves data augmentation onto the GPU and applies it to whole batches; the recipe is
-    reflect-pad 4 and random 32x32 crop, horizontal flip with probability 0.5, and 8x8 cutout. This callable composes
-    :func:`random_crop_reflect`, :func:`random_flip` and :func:`cutout` in that order. The same code runs on CPU and
-    CUDA, with random numbers drawn as described in the module docstring and no host-device sync.
+    reflect-pad 4 and random 32x32 crop, horizontal flip with probability 0.5, and 8x8 cutout. A call gives exactly
+    ``cutout(random_flip(random_crop_reflect(x, p, g), 0.5, g), s, g)`` (same random draws, in that order), but
+    fuses all three into a single gather (the cutout pixels read a zero appended to each image plane), so the batch
+    is read and written once. The same code runs on CPU and CUDA, with random numbers drawn as the module docstring
+    describes and no host-device sync.
 
     Args:
         crop_padding: Reflect padding for the random crop (4); 0 or None disables the crop.
@@ -800,16 +848,40 @@ class BatchAugment:
         self.generator = generator
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment a batch ``(N, C, H, W)``; returns a new batch of the same shape, dtype and device."""
+        """Augment a batch ``(N, C, H, W)``.
+
+        Args:
+            x: The batch, any dtype, any device.
+            generator: Generator for this call; defaults to the one given at construction (or the device default).
+
+        Returns:
+            A new contiguous batch of the same shape, dtype and device.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or is too small for the padding or the cutout size.
+        """
         _check_batch(x)
+        n, c, h, w = x.shape
         g = generator if generator is not None else self.generator
-        if self.crop_padding:
-            x = random_crop_reflect(x, self.crop_padding, generator=g)
-        if self.flip:
-            x = random_flip(x, 0.5, generator=g)
+        p = self.crop_padding
+        _check_padding(p, h, w)
         if self.cutout:
-            x = cutout(x, self.cutout, generator=g)
-        return x
+            _check_cutout_size(self.cutout, h, w)
+        offsets = _randint(2 * p + 1, (n, 2), x, g) if p else None
+        mask = _rand((n,), x, g) < 0.5 if self.flip else None
+        if offsets is None and mask is None and not self.cutout:
+            return x.clone(memory_format=torch.contiguous_format)
+        index = _source_index(x, offsets, p, mask)
+        src = x.reshape(n, c, h * w)
+        if self.cutout:
+            # Point the cutout pixels at one zero appended to every plane, so the cutout costs no extra pass.
+            corners = _draw_corners(x, self.cutout, g)
+            dy = torch.arange(h, device=x.device) - corners[:, 0:1]
+            dx = torch.arange(w, device=x.device) - corners[:, 1:2]
+            hole = ((dy >= 0) & (dy < self.cutout)).view(n, h, 1) & ((dx >= 0) & (dx < self.cutout)).view(n, 1, w)
+            index = index.masked_fill(hole, h * w)
+            src = torch.cat((src, src.new_zeros(n, c, 1)), dim=2)
+        return _gather_planes(src, index, c)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(crop_padding={self.crop_padding}, flip={self.flip}, cutout={self.cutout})"

@@ -210,6 +210,23 @@ class Config:
                 f"{self.train.grad_accum_steps} accumulation step(s); use a multiple of {parts}")
         return self.data.batch_size // parts
 
+    def model_kwargs(self, num_classes: int) -> dict[str, Any]:
+        """Keyword arguments for ``timm.create_model(self.model.name, **kwargs)``.
+
+        Options left at null keep the model's own default, so ``zero_gamma`` and ``init`` reach only the models
+        that take them (the ResNet ladder).
+        """
+        m = self.model
+        kwargs: dict[str, Any] = dict(m.kwargs)
+        kwargs["num_classes"] = m.num_classes or num_classes
+        kwargs["pretrained"] = m.pretrained
+        if m.pretrained_file:
+            kwargs["pretrained_cfg_overlay"] = dict(file=m.pretrained_file)
+        for key in ("drop_rate", "zero_gamma", "init"):
+            if getattr(m, key) is not None:
+                kwargs[key] = getattr(m, key)
+        return kwargs
+
     def scaled_lr(self, num_processes: int = 1) -> float:
         """The peak learning rate after the linear scaling rule (BoT Sec. 3.1: 0.1 x b / 256)."""
         from .optim import scale_lr
@@ -280,7 +297,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``base`` with ``update`` merged in: nested mappings merge, everything else is replaced."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
@@ -334,8 +351,26 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def _check_names(cfg: Config) -> None:
+    """The model, teacher and optimizer names must exist in timm's registries."""
+    import timm
+    from timm.optim import list_optimizers
+
+    from . import models  # noqa: F401  (registers the *_tricks variants)
+
+    for key, name in (("model.name", cfg.model.name), ("distill.teacher", cfg.distill.teacher)):
+        if name is not None and not timm.is_model(name):
+            ours = timm.list_models("*_tricks")
+            raise ConfigError(_unknown(key, name, ours, ours + timm.list_models()).replace(
+                "Valid:", "Valid timm_tricks models (and any name in timm.list_models()):"))
+    optimizers = list_optimizers()
+    if cfg.optim.name.lower().split("_")[-1] not in optimizers:
+        raise ConfigError(_unknown("optim.name", cfg.optim.name, optimizers))
+
+
 def _check_consistency(cfg: Config) -> None:
     """Rules that involve more than one key."""
+    _check_names(cfg)
     s = cfg.schedule
     for i, knot in enumerate(s.knots):
         if len(knot) != 2:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.optim import create_optimizer_v2, list_optimizers
+from timm.optim import create_optimizer_v2
 from torch import nn
 
 if TYPE_CHECKING:
@@ -97,13 +97,7 @@ def create_optimizer(model: nn.Module, cfg: Config, num_processes: int = 1) -> t
         cfg: The resolved config (``optim`` section).
         num_processes: Processes in the run (the global batch, and so the scaled lr, depend on it).
     """
-    from .config import ConfigError
-
     o = cfg.optim
-    if o.name.lower().split("_")[-1] not in list_optimizers():
-        from .config import _unknown
-
-        raise ConfigError(_unknown("optim.name", o.name, list_optimizers()))
     groups = param_groups(model, o.weight_decay, o.no_bias_decay, o.bn_bias_lr_mult, o.bn_bias_wd_mult)
     for g in groups:
         g.pop("names")

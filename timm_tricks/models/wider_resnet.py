@@ -74,7 +74,7 @@ def stage_plan(
     def _plan(os_: int) -> list[dict[str, int | bool]] | None:
         plan: list[dict[str, int | bool]] = []
         reduction, dilation = 1, 1
-        for pool, strided in zip(pool_stages, strided_stages):
+        for pool, strided in zip(pool_stages, strided_stages, strict=True):
             if pool:
                 if reduction >= os_:
                     return None
@@ -261,7 +261,8 @@ class WiderResNet(nn.Module):
 
         in_chs = stem_width
         stages = []
-        for idx, (num_blocks, stage_widths, drop_prob, p) in enumerate(zip(layers, widths, drop_probs, plan)):
+        stage_args = zip(layers, widths, drop_probs, plan, strict=True)
+        for idx, (num_blocks, stage_widths, drop_prob, p) in enumerate(stage_args):
             blocks = []
             for block_idx in range(num_blocks):
                 blocks.append(IdentityResidualBlock(
