@@ -43,6 +43,7 @@ from timm_tricks.augment import BatchAugment  # noqa: E402
 HEADING = "## Batched tensor augmentation (benchmarks/augment_throughput.py)"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SIZE, PADDING, CUTOUT = 32, 4, 8
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 class PerImageCutout:
@@ -126,7 +127,7 @@ def cpu_model() -> str:
 
 def machine_lines(devices: list[torch.device]) -> list[str]:
     lines = [
-        f"- CPU: {cpu_model()}; `nproc` = {os.cpu_count()}; torch threads = {torch.get_num_threads()}",
+        f"- CPU: {cpu_model()}; `nproc` = {os.cpu_count()}; torch default intra-op threads = {DEFAULT_THREADS}",
         f"- torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}",
     ]
     if any(d.type == "cuda" for d in devices):
@@ -138,7 +139,8 @@ def machine_lines(devices: list[torch.device]) -> list[str]:
 
 def table(all_results: dict[str, dict[str, list[float]]]) -> list[str]:
     rows = [
-        "| device | batched, median img/s | per image, median img/s | ratio | batched range | per-image range |",
+        "| device, torch threads | batched, median img/s | per image, median img/s | ratio | batched range "
+        "| per-image range |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for dev, res in all_results.items():
@@ -193,12 +195,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=512, help="batch size of both paths (default 512)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: the CPU, plus CUDA when available (default)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for both paths (default: torch's own default)")
+    parser.add_argument("--threads", type=str, default=None,
+                        help="comma-separated torch intra-op thread counts to run both paths with, e.g. '1,2' "
+                             "(default: torch's own default)")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the section '{HEADING}' in {DOCS}")
     args = parser.parse_args(argv)
-    for name in ("n", "repeats", "batch_size", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    try:
+        args.threads = [DEFAULT_THREADS] if args.threads is None else [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads must be comma-separated positive integers, got {args.threads!r}")
+    if any(t < 1 for t in args.threads):
+        parser.error(f"--threads must be comma-separated positive integers, got {args.threads}")
+    for name in ("n", "repeats", "batch_size"):
+        if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine (valid here: auto, cpu)")
@@ -207,14 +216,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.device == "auto":
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
         devices = [torch.device(args.device)]
     command = "python benchmarks/augment_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    all_results = {str(d): bench_device(d, args.n, args.repeats, args.batch_size) for d in devices}
+    all_results = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for d in devices:
+            all_results[f"{d}, {threads}"] = bench_device(d, args.n, args.repeats, args.batch_size)
+    torch.set_num_threads(DEFAULT_THREADS)
     text = section(command.strip(), args, devices, all_results)
     print(text)
     if args.write_docs:

@@ -1,8 +1,8 @@
 """The ResNet ladder of "Bag of Tricks", Table 5, on timm's ``ResNet``.
 
 He et al., "Bag of Tricks for Image Classification with Convolutional Neural Networks", CVPR 2019,
-arXiv:1812.01187, Sec. 4.1 and Fig. 2 describe three tweaks of the original ResNet (He et al. 2016,
-arXiv:1512.03385), compared in Table 5:
+arXiv:1812.01187, Sec. 4.2 and Fig. 2 describe three tweaks of the original ResNet (He et al. 2016,
+arXiv:1512.03385; Sec. 4.1 and Fig. 1 of the paper), compared in Table 5:
 
 * ResNet (``resnet50a_tricks``): 7x7 stem; a downsampling bottleneck puts its stride 2 on the first 1x1 conv of
   path A, and its shortcut (path B) is a 1x1 conv with stride 2.
@@ -94,9 +94,9 @@ def zero_gamma_(module: nn.Module) -> nn.Module:
 class BottleneckStrideFirst(Bottleneck):
     """The original ResNet bottleneck (arXiv:1512.03385): stride on the first 1x1 conv of a downsampling block.
 
-    Bag of Tricks (arXiv:1812.01187, Fig. 2a) draws this as the baseline "ResNet-50"; timm's ``Bottleneck`` is
-    the ResNet-B layout (stride on the 3x3 conv). Everything else, names included, is timm's block, so weights
-    are interchangeable with ``resnet50`` (only the stride differs).
+    Bag of Tricks (arXiv:1812.01187, Sec. 4.1, Fig. 1) describes this as the baseline "ResNet-50"; timm's
+    ``Bottleneck`` is the ResNet-B layout (stride on the 3x3 conv). Everything else, names included, is timm's
+    block, so weights are interchangeable with ``resnet50`` (only the stride differs).
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, *args: Any, **kwargs: Any) -> None:
@@ -221,63 +221,63 @@ default_cfgs = generate_default_cfgs({
     'resnet152d_tricks': _cfg(),
 })
 
-_DEEP_STEM = dict(stem_type='deep', stem_width=32)  # Sec. 4.1 ResNet-C: 3x3 convs of widths 32, 32, 64
-_D_LAYOUT = dict(_DEEP_STEM, avg_down=True)  # Sec. 4.1 ResNet-D: 2x2 avg pool, stride 2, then 1x1 conv stride 1
+_DEEP_STEM = dict(stem_type='deep', stem_width=32)  # Sec. 4.2 ResNet-C: 3x3 convs of widths 32, 32, 64
+_D_LAYOUT = dict(_DEEP_STEM, avg_down=True)  # Sec. 4.2 ResNet-D: 2x2 avg pool, stride 2, then 1x1 conv stride 1
 
 
 @register_model
 def resnet50a_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-50 as first published: 7x7 stem, stride on the first 1x1 conv (arXiv:1812.01187, Fig. 2a)."""
+    """ResNet-50 as first published: 7x7 stem, stride on the first 1x1 conv (arXiv:1812.01187, Fig. 1)."""
     model_args = dict(block=BottleneckStrideFirst, layers=(3, 4, 6, 3))
     return _create_resnet_tricks('resnet50a_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50b_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-50-B: stride on the 3x3 conv of path A (arXiv:1812.01187, Fig. 2b); the same layout as timm resnet50."""
+    """ResNet-50-B: stride on the 3x3 conv of path A (arXiv:1812.01187, Fig. 2a); the same layout as timm resnet50."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
     return _create_resnet_tricks('resnet50b_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50c_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-50-C: B plus a stem of three 3x3 convs, widths 32, 32, 64 (arXiv:1812.01187, Fig. 2c)."""
+    """ResNet-50-C: B plus a stem of three 3x3 convs, widths 32, 32, 64 (arXiv:1812.01187, Fig. 2b)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), **_DEEP_STEM)
     return _create_resnet_tricks('resnet50c_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-50-D: C plus an average-pool shortcut on downsampling blocks (arXiv:1812.01187, Fig. 2d)."""
+    """ResNet-50-D: C plus an average-pool shortcut on downsampling blocks (arXiv:1812.01187, Fig. 2c)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), **_D_LAYOUT)
     return _create_resnet_tricks('resnet50d_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet18d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-18-D: basic blocks (2, 2, 2, 2) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.1)."""
+    """ResNet-18-D: basic blocks (2, 2, 2, 2) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.2)."""
     model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2), **_D_LAYOUT)
     return _create_resnet_tricks('resnet18d_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet34d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-34-D: basic blocks (3, 4, 6, 3) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.1)."""
+    """ResNet-34-D: basic blocks (3, 4, 6, 3) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.2)."""
     model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3), **_D_LAYOUT)
     return _create_resnet_tricks('resnet34d_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet101d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-101-D: bottlenecks (3, 4, 23, 3) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.1)."""
+    """ResNet-101-D: bottlenecks (3, 4, 23, 3) with the C stem and D shortcut (arXiv:1812.01187, Sec. 4.2)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3), **_D_LAYOUT)
     return _create_resnet_tricks('resnet101d_tricks', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet152d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
-    """ResNet-152-D: bottlenecks (3, 8, 36, 3) with the C stem and D shortcut; the distillation teacher of
-    arXiv:1812.01187, Sec. 5.3."""
+    """ResNet-152-D: bottlenecks (3, 8, 36, 3) with the C stem and D shortcut (a ResNet-152 is the distillation
+    teacher of arXiv:1812.01187, Sec. 5.3)."""
     model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3), **_D_LAYOUT)
     return _create_resnet_tricks('resnet152d_tricks', pretrained, **dict(model_args, **kwargs))
 

@@ -1,0 +1,239 @@
+"""Data sources named by a spec string: ``digits``, ``synthetic[:N]``, ``folder:PATH``, ``cifar10[:ROOT]``,
+``cifar100[:ROOT]`` and ``timm:NAME[:ROOT]``.
+
+Small data sets (digits, synthetic, CIFAR) load once into memory as uint8 ``NCHW`` tensors, so the trainer can
+move them to its device and augment whole batches there (Page, "How to train your ResNet", Myrtle.ai 2018).
+File data sets (an ImageNet-layout folder, or anything timm's ``create_dataset`` reads) stay on disk and go
+through DataLoader workers with per-image transforms.
+
+Every mistake a user can make (unknown kind, missing folder, missing CIFAR files without ``--download``, an
+unreadable image) raises :class:`DataError` naming the bad input.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+
+SOURCE_KINDS = ("digits", "synthetic", "folder", "cifar10", "cifar100", "timm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ConfigError):
+    """A data source the user named cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed ``--data`` spec: the kind and its argument (a count, a path, or a timm name)."""
+
+    kind: str
+    arg: str | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the whole data set is held as tensors (and augmented by the batch)."""
+        return self.kind in ("digits", "synthetic", "cifar10", "cifar100")
+
+
+def parse_source(spec: str) -> Source:
+    """Split ``kind[:arg]`` and check the kind; ``folder`` and ``timm`` need their argument."""
+    kind, _, arg = spec.partition(":")
+    if kind not in SOURCE_KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, SOURCE_KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise DataError(f"unknown data source {spec!r}{hint} Valid: digits, synthetic[:N], folder:PATH, "
+                        "cifar10[:ROOT], cifar100[:ROOT], timm:NAME[:ROOT]")
+    if kind in ("folder", "timm") and not arg:
+        raise DataError(f"data source {kind!r} needs an argument: {kind}:{'PATH' if kind == 'folder' else 'NAME'}")
+    if kind == "synthetic" and arg and (not arg.isdigit() or int(arg) < 2):
+        raise DataError(f"synthetic:N needs a whole number N >= 2 of images, got {arg!r}")
+    if kind == "digits" and arg:
+        raise DataError(f"data source 'digits' takes no argument, got {spec!r}")
+    return Source(kind, arg or None)
+
+
+@dataclass
+class TensorData:
+    """A whole data set in memory: uint8 ``NCHW`` images, int64 labels, and the per-channel statistics (0-1 scale)
+    used to normalise it."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to(self, device: torch.device | str) -> TensorData:
+        """The same data on ``device``."""
+        move = {k: getattr(self, k).to(device) for k in ("train_images", "train_labels", "val_images", "val_labels")}
+        return TensorData(**move, num_classes=self.num_classes, mean=self.mean, std=self.std)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 ``NCHW`` images on the 0-1 scale."""
+    x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 ``NCHW`` images to normalised float32: ``(x / 255 - mean) / std``."""
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() / 255 - m) / s
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# In-memory sources
+
+
+def load_digits(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes) as RGB ``image_size`` squares.
+
+    The 0-16 grey levels are scaled to 0-255, resized bilinearly and repeated over three channels. The split is a
+    fixed seeded permutation: the last ``val_fraction`` (359 images at 0.2) is the validation set.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_val = round(len(y) * val_fraction)
+    train, val = order[:-n_val], order[-n_val:]
+    mean, std = channel_stats(x[train])
+    return TensorData(x[train], y[train], x[val], y[val], 10, mean, std)
+
+
+def load_synthetic(n: int = 1024, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> TensorData:
+    """Random uint8 images with random labels, for speed tests (a quarter of ``n`` again for validation)."""
+    g = torch.Generator().manual_seed(seed)
+    n_val = max(2, n // 4)
+    images = torch.randint(0, 256, (n + n_val, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (n + n_val,), generator=g)
+    return TensorData(images[:n], labels[:n], images[n:], labels[n:], num_classes, (0.5,) * 3, (0.2887,) * 3)
+
+
+CIFAR_FILES = {
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"),
+    100: ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+
+
+def load_cifar(root: str | Path, num_classes: int = 10, download: bool = False) -> TensorData:
+    """CIFAR-10 or CIFAR-100 from torchvision's python-pickle files under ``root``.
+
+    The files are read here directly (``data``: N x 3072 uint8 rows in CHW order; labels under ``labels`` or
+    ``fine_labels``), so any set of files in that format loads. With ``download`` torchvision fetches the official
+    archives first.
+    """
+    folder, train_files, test_file, label_key = CIFAR_FILES[num_classes]
+    base = Path(root).expanduser() / folder
+    if download and not base.is_dir():
+        from torchvision import datasets
+
+        (datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100)(str(root), train=True, download=True)
+    if not base.is_dir():
+        raise DataError(f"no CIFAR-{num_classes} files in {str(base)!r}; pass --download to fetch them into "
+                        f"{str(root)!r}, or point cifar{num_classes}:ROOT at the folder that holds {folder!r}")
+
+    def read(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        path = base / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[label_key], dtype=np.int64)
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise DataError(f"cannot read CIFAR file {str(path)!r}: {e}") from None
+        return torch.from_numpy(data.copy()), torch.from_numpy(labels)
+
+    parts = [read(n) for n in train_files]
+    train_x, train_y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    val_x, val_y = read(test_file)
+    mean, std = channel_stats(train_x)
+    return TensorData(train_x, train_y, val_x, val_y, num_classes, mean, std)
+
+
+def load_tensor_data(source: Source, image_size: int = 32, download: bool = False, seed: int = 0) -> TensorData:
+    """The in-memory data set of ``source`` (digits, synthetic or CIFAR)."""
+    if source.kind == "digits":
+        return load_digits(image_size=image_size)
+    if source.kind == "synthetic":
+        return load_synthetic(int(source.arg or 1024), image_size=image_size, seed=seed)
+    if source.kind in ("cifar10", "cifar100"):
+        root = source.arg or "data"
+        return load_cifar(root, 10 if source.kind == "cifar10" else 100, download=download)
+    raise DataError(f"data source {source.kind!r} is not an in-memory source")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# File sources
+
+
+def checked_image_loader(path: str) -> Any:
+    """Open an image as RGB, or raise :class:`DataError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+
+
+def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any) -> tuple[Any, Any, int]:
+    """``ImageFolder`` train and val sets of an ImageNet-layout folder: ``root/train/CLASS/*`` and
+    ``root/val/CLASS/*``, with the same classes in both."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"folder data set {str(root)!r} has no {split}/ folder (expected {str(root)}/train/CLASS/"
+                            f"*.jpg and {str(root)}/val/CLASS/*.jpg)")
+    try:
+        train = ImageFolder(str(root / "train"), transform=train_transform, loader=checked_image_loader,
+                            is_valid_file=_is_image)
+        val = ImageFolder(str(root / "val"), transform=eval_transform, loader=checked_image_loader,
+                          is_valid_file=_is_image)
+    except FileNotFoundError as e:
+        raise DataError(f"folder data set {str(root)!r}: {e}") from None
+    if train.classes != val.classes:
+        missing = sorted(set(train.classes) ^ set(val.classes))
+        raise DataError(f"folder data set {str(root)!r}: train/ and val/ have different classes ({missing[:5]})")
+    return train, val, len(train.classes)
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def timm_datasets(arg: str, train_transform: Any, eval_transform: Any,
+                  download: bool = False) -> tuple[Any, Any, int | None]:
+    """Train and validation sets from ``timm.data.create_dataset`` for ``NAME[:ROOT]``."""
+    from timm.data import create_dataset
+
+    name, _, root = arg.partition(":")
+    try:
+        train = create_dataset(name, root=root or None, split="train", is_training=True, download=download)
+        val = create_dataset(name, root=root or None, split="validation", is_training=False, download=download)
+    except Exception as e:  # timm raises many types for a bad name or root
+        raise DataError(f"timm data set {arg!r} could not be opened: {type(e).__name__}: {e}") from None
+    train.transform, val.transform = train_transform, eval_transform
+    classes = getattr(getattr(train, "reader", None), "class_to_idx", None)
+    return train, val, len(classes) if classes else None
