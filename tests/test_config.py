@@ -57,6 +57,7 @@ def test_overrides_are_parsed_as_yaml_and_nested():
 
 def test_int_promotes_to_float_but_not_the_reverse():
     assert load_config("digits", ["optim.lr=1"]).optim.lr == 1.0
+    assert load_config("digits", ["optim.weight_decay=1e-4"]).optim.weight_decay == 1e-4  # YAML 1.1 string
     with pytest.raises(ConfigError, match=r"train.epochs=2.5 must be int"):
         load_config("digits", ["train.epochs=2.5"])
     with pytest.raises(ConfigError, match="optim.linear_scaling='yes please' must be bool"):

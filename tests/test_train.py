@@ -1,0 +1,131 @@
+"""The trainer on the CPU: outputs, exact resume after SIGKILL, protection of existing runs, non-finite stop."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import timm_tricks  # noqa: F401
+from timm_tricks.config import load_config
+from timm_tricks.train import Trainer, step_seed, topk_counts
+
+FAST = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.epochs=2"]
+
+
+def _run(args, env_extra=None, check=True):
+    env = dict(os.environ, **(env_extra or {}))
+    proc = subprocess.run([sys.executable, "-m", "timm_tricks", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def _set(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_step_seed_is_stable_and_distinct():
+    assert step_seed(0, 1, 2) == step_seed(0, 1, 2)
+    assert len({step_seed(0, e, s) for e in range(5) for s in range(50)}) == 250
+
+
+def test_topk_counts_formula():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 4.0, -1.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    labels = torch.tensor([1, 5])
+    loss, top1, top5, n = topk_counts(logits, labels).tolist()
+    assert (top1, top5, n) == (0.0, 1.0, 2.0)  # 1 is the 3rd best of row 0; 5 is last of row 1
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item())
+
+
+def test_fit_writes_the_run_and_weights_load_in_timm(tmp_path):
+    out = tmp_path / "run"
+    epochs_seen = []
+    cfg = load_config("digits", FAST)
+    metrics = Trainer(cfg, out, callback=lambda e, m, c: epochs_seen.append((e, c.name))).fit()
+    assert epochs_seen == [(0, "ckpt-000000011"), (1, "ckpt-000000022")]  # 1438 // 128 = 11 steps an epoch
+    assert metrics["eval_count"] == 359 and 0 <= metrics["eval_top1"] <= 100
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert set(rows[0]) == {"epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds"}
+    assert load_config(out / "config.yaml") == cfg
+    weights = out / "model.safetensors"
+    # timm drops a classifier whose size differs from the pretrained_cfg (1000), so the overlay names it
+    for kwargs in (dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights), num_classes=10)),
+                   dict(checkpoint_path=str(weights))):
+        model = timm.create_model("resnet18d_tricks", num_classes=10, **kwargs)
+        state = load_file(str(weights))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def test_existing_run_is_not_touched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("precious: true\n")
+    proc = _run(["train", "--recipe", "digits", "--output", str(out), *_set(FAST)], check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "config.yaml").read_text() == "precious: true\n"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path):
+    # 11 steps an epoch; checkpoints every 3 steps; killed after step 17 (inside epoch 2), the newest
+    # checkpoint is step 15 and steps 16-17 are trained again.
+    args = ["train", "--recipe", "digits", *_set(FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2",
+                                                         "ema.enabled=true", "train.keep_checkpoints=10"])]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _run([*args, "--output", str(full)])
+    proc = _run([*args, "--output", str(killed)], {"TIMM_TRICKS_KILL_AT_STEP": "17"}, check=False)
+    assert proc.returncode == -9
+    assert not (killed / "model.safetensors").exists()
+    ckpts = sorted(p.name for p in (killed / "checkpoints").glob("ckpt-*"))
+    assert ckpts[-1] == "ckpt-000000015"
+    proc = _run([*args, "--output", str(killed), "--resume"])
+    assert "resumed from" in proc.stdout and "ckpt-000000015" in proc.stdout
+    assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+    assert (full / "model_ema.safetensors").read_bytes() == (killed / "model_ema.safetensors").read_bytes()
+    # the resumed run really continued from a checkpoint: the one at step 15 differs from the final weights
+    at_15 = load_file(str(killed / "checkpoints" / "ckpt-000000015" / "model.safetensors"))
+    final = load_file(str(killed / "model.safetensors"))
+    assert any(not torch.equal(at_15[k], final[k]) for k in final)
+    same = [r[:5] for r in csv.reader(open(full / "summary.csv"))]
+    assert same == [r[:5] for r in csv.reader(open(killed / "summary.csv"))]
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = _run(["train", "--recipe", "digits", "--output", str(out),
+                 *_set(FAST + ["optim.lr=1e30", "schedule.warmup_epochs=0", "train.checkpoint_every_steps=1",
+                               "loss.label_smoothing=0"])], check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "non-finite loss at epoch 0 step" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert list((out / "checkpoints").glob("ckpt-*"))
+    assert not (out / "model.safetensors").exists()
+
+
+def test_eval_command_matches_training_metrics(tmp_path):
+    out = tmp_path / "run"
+    metrics = Trainer(load_config("digits", FAST[:-1] + ["train.epochs=1"]), out).fit()
+    proc = _run(["eval", "--checkpoint", str(out), "--out", str(tmp_path / "m.json")])
+    ev = json.loads(proc.stdout)
+    assert ev["eval_count"] == 359 and ev["eval_top1"] == pytest.approx(metrics["eval_top1"])
+    assert json.loads((tmp_path / "m.json").read_text()) == ev
+    bad = _run(["eval", "--checkpoint", str(tmp_path)], check=False)
+    assert bad.returncode == 2 and "not a finished run" in bad.stderr
+
+
+def test_user_errors_in_train_exit_2(tmp_path):
+    for extra, message in [(["--data", "imagenet"], "unknown data source 'imagenet'"),
+                           (["--model", "resnet50e_tricks"], "unknown model.name"),
+                           (["--data", f"folder:{tmp_path}/none"], "has no train/ folder"),
+                           (["--set", "distill.teacher=resnet18d_tricks"], "needs distill.checkpoint")]:
+        proc = _run(["train", "--recipe", "digits", "--output", str(tmp_path / "o"), *extra], check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "o" / "config.yaml").exists()
