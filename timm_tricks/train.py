@@ -66,6 +66,13 @@ def step_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def cpu_only_distributed() -> bool:
+    """True in a multi-process launch (``WORLD_SIZE`` > 1, e.g. ``accelerate launch --multi_gpu`` or ``torchrun``)
+    on a machine without CUDA: the processes then train on their CPUs over gloo. (``accelerate launch --cpu``
+    starts a single process unless an MPI host file is given.)"""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) with one value."""
     random.seed(seed)
@@ -261,6 +268,7 @@ class Trainer:
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
         self._check_output_dir()
         self.accelerator = accelerator or Accelerator(
+            cpu=cpu_only_distributed(),
             mixed_precision=cfg.train.precision,
             gradient_accumulation_steps=cfg.train.grad_accum_steps,
             log_with="tensorboard",
@@ -311,7 +319,9 @@ class Trainer:
         except (FileNotFoundError, RuntimeError) as e:
             raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {e}") from None
         if cfg.train.sync_bn and self.world > 1:
-            model = timm.layers.convert_sync_batchnorm(model)
+            from .sync_bn import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = None
@@ -491,6 +501,12 @@ class Trainer:
         while st.epoch < cfg.train.epochs:
             epoch, t0 = st.epoch, time.perf_counter()
             train_loss = self._train_epoch(epoch)
+            if self.world > 1 and not cfg.train.sync_bn:
+                # Each process's BN running statistics saw only its shard: average them (timm's --dist-bn reduce)
+                # so every process evaluates, checkpoints and saves the same model.
+                from timm.utils import distribute_bn
+
+                distribute_bn(self.model, self.world, reduce=True)
             metrics = {"epoch": epoch, "train_loss": train_loss, **self.evaluate()}
             if self.ema is not None:
                 ema = self.evaluate(self.ema.module)
