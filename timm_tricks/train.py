@@ -275,6 +275,11 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
         )
         acc = self.accelerator
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if launched and launched != cfg.train.precision and acc.is_main_process:
+            print(f"timm-tricks: warning: the launcher asks for mixed precision {launched!r}, the recipe for "
+                  f"{cfg.train.precision!r}; training in {cfg.train.precision!r} (--set train.precision=... to "
+                  "change it)", file=sys.stderr)
         self.device = acc.device
         self.world, self.rank = acc.num_processes, acc.process_index
         self.per_device_batch = cfg.per_device_batch_size(self.world)

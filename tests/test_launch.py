@@ -1,0 +1,41 @@
+"""The launch/ files parse with the tools that read them."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+LAUNCH = Path(__file__).resolve().parents[1] / "launch"
+
+EXPECTED = {  # file: (distributed type, mixed precision, processes, machines)
+    "1gpu_fp16.yaml": ("NO", "fp16", 1, 1),
+    "1gpu_bf16.yaml": ("NO", "bf16", 1, 1),
+    "8gpu_fp16.yaml": ("MULTI_GPU", "fp16", 8, 1),
+    "2node_8gpu_fp16.yaml": ("MULTI_GPU", "fp16", 16, 2),
+    "2cpu.yaml": ("MULTI_GPU", "no", 2, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_accelerate_configs_parse_with_accelerates_loader(name):
+    cfg = load_config_from_file(str(LAUNCH / "accelerate" / name))
+    kind, precision, processes, machines = EXPECTED[name]
+    assert str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) == kind
+    assert str(getattr(cfg.mixed_precision, "value", cfg.mixed_precision)) == precision
+    assert (cfg.num_processes, cfg.num_machines) == (processes, machines)
+
+
+def test_every_accelerate_config_is_expected():
+    assert {p.name for p in (LAUNCH / "accelerate").glob("*.yaml")} == set(EXPECTED)
+
+
+def test_slurm_script_is_valid_bash_and_uses_slurm_variables():
+    script = LAUNCH / "slurm" / "train_multinode.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needle in ("SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "--machine_rank", "--main_process_ip",
+                   "accelerate launch", "-m timm_tricks train", "launch/accelerate/2node_8gpu_fp16.yaml"):
+        assert needle in text
+    assert yaml.safe_load((LAUNCH / "accelerate" / "2node_8gpu_fp16.yaml").read_text())["num_machines"] == 2
