@@ -18,7 +18,9 @@ from ``torchvision.transforms.v2``; only what it lacks is written here.
 Random numbers (all functions in this module): when a ``generator`` is given, the numbers are drawn on the
 generator's device and then moved to the images' device with a non-blocking copy (a CPU generator therefore gives the
 same augmentation on CPU and CUDA); when no generator is given they are drawn on the images' device from that
-device's default generator. No function reads a value back from the device, so nothing forces a host-device sync.
+device's default generator. The random transforms and the batched functions never read a value back from the
+device, so they force no host-device sync; the one exception in the module is :func:`scale_hsv` given *tensor*
+factors, which reads one flag per call to validate them.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------------
 
 #: Eigenvalues of the ImageNet RGB pixel PCA for images on the 0-1 scale, largest first. These are the values used by
-#: fb.resnet.torch (``datasets/imagenet.lua``, "computed from random subset of ImageNet training images") and by
-#: GluonCV / MXNet (which store them times 255: 55.46, 4.794, 1.148, for 0-255 images). Their provenance beyond that
-#: comment is undocumented; see :func:`estimate_pca` for a caveat on their scale.
+#: fb.resnet.torch (``datasets/imagenet.lua``, whose comment says "Computed from random subset of ImageNet training
+#: images") and by GluonCV / MXNet (which store them times 255: 55.46, 4.794, 1.148, for 0-255 images). Their
+#: provenance beyond that comment is undocumented; see :func:`estimate_pca` for a caveat on their scale.
 IMAGENET_PCA_EIGVAL: tuple[float, float, float] = (0.2175, 0.0188, 0.0045)
 
 #: Eigenvectors matching :data:`IMAGENET_PCA_EIGVAL` (same sources). Row ``i`` is colour channel ``i`` (R, G, B);
@@ -481,7 +483,8 @@ def bot_color_jitter() -> v2.ColorJitter:
     GluonCV's ``scripts/classification/imagenet/train_imagenet.py`` (the code released with Bag of Tricks) uses
     ``RandomColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)`` rather than the paper's HSV scaling
     (He et al. 2019, Sec. 2); torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` draws each factor from ``U[0.6, 1.4]`` and
-    applies the three in random order, which is the equivalent.
+    applies the three in random order, which is the equivalent. (fb.resnet.torch's ImageNet pipeline uses the same
+    ``ColorJitter`` 0.4 followed by ``Lighting(0.1)``.)
 
     Returns:
         ``torchvision.transforms.v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)``.
