@@ -63,3 +63,21 @@ def test_sync_bn_two_processes_match_one_process_at_twice_the_batch(tmp_path):
     diffs = [(torch.tensor(two[0]["final_weights"][k]) - torch.tensor(v)).abs().max().item()
              for k, v in one[0]["final_weights"].items()]
     assert max(diffs) < 1e-5, max(diffs)
+
+
+@pytest.mark.slow
+def test_cli_under_accelerate_launch_with_the_2cpu_config(tmp_path):
+    root = HERE.parent
+    overrides = TINY + ["data.batch_size_per_device=64"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "launch/accelerate/2cpu.yaml"), "--main_process_port", str(_free_port()),
+           "-m", "timm_tricks", "train", "--recipe", "digits", "--output", str(tmp_path / "run"),
+           *[a for o in overrides for a in ("--set", o)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("epoch   0") == 1  # one log line: only the main process prints
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_count"] == 359
+    steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*"))
+    assert steps == ["ckpt-000000011"]  # 1438 // (64 x 2 processes) = 11 steps (one process would take 22)

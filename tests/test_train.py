@@ -129,3 +129,31 @@ def test_user_errors_in_train_exit_2(tmp_path):
         proc = _run(["train", "--recipe", "digits", "--output", str(tmp_path / "o"), *extra], check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "o" / "config.yaml").exists()
+
+
+def test_distillation_from_a_trained_teacher(tmp_path):
+    teacher_run = tmp_path / "teacher"
+    Trainer(load_config("digits", FAST[:-1] + ["train.epochs=1"]), teacher_run).fit()
+    cfg = load_config("digits", FAST[:-1] + ["train.epochs=1", "distill.teacher=resnet18d_tricks",
+                                             f"distill.checkpoint={teacher_run / 'model.safetensors'}",
+                                             "distill.temperature=4", "mixup.alpha=0.2"])
+    trainer = Trainer(cfg, tmp_path / "student")
+    assert trainer.criterion.__class__.__name__ == "DistillationLoss" and trainer.criterion.temperature == 4
+    assert not trainer.teacher.training and not any(p.requires_grad for p in trainer.teacher.parameters())
+    teacher_weights = load_file(str(teacher_run / "model.safetensors"))
+    assert all(torch.equal(v, teacher_weights[k]) for k, v in trainer.teacher.state_dict().items())
+    metrics = trainer.fit()
+    assert metrics["eval_count"] == 359 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    metrics = Trainer(load_config("digits", FAST[:-1] + ["train.epochs=1", "train.precision=bf16"]), tmp_path).fit()
+    assert metrics["eval_count"] == 359 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_grad_accumulation_splits_the_global_batch(tmp_path):
+    trainer = Trainer(load_config("digits", FAST[:-1] + ["train.epochs=1", "train.grad_accum_steps=2"]), tmp_path)
+    assert trainer.per_device_batch == 64 and trainer.steps_per_epoch == 11  # 1438 // 64 = 22 micro-batches
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 128 / 64)  # scaled on 128
+    trainer.fit()
+    assert trainer.state.num_updates == 11
