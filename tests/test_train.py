@@ -117,6 +117,8 @@ def test_eval_command_matches_training_metrics(tmp_path):
     ev = json.loads(proc.stdout)
     assert ev["eval_count"] == 359 and ev["eval_top1"] == pytest.approx(metrics["eval_top1"])
     assert json.loads((tmp_path / "m.json").read_text()) == ev
+    _run(["eval", "--checkpoint", str(out / "model.safetensors"), "--tta"])
+    assert json.loads((out / "eval.json").read_text())["eval_count"] == 359
     bad = _run(["eval", "--checkpoint", str(tmp_path)], check=False)
     assert bad.returncode == 2 and "not a finished run" in bad.stderr
 
@@ -155,8 +157,29 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 
 def test_grad_accumulation_splits_the_global_batch(tmp_path):
-    trainer = Trainer(load_config("digits", FAST[:-1] + ["train.epochs=1", "train.grad_accum_steps=2"]), tmp_path)
+    cfg = load_config("digits", FAST[:-1] + ["train.epochs=1", "train.grad_accum_steps=2", "train.clip_grad=1.0",
+                                             "train.channels_last=true"])
+    trainer = Trainer(cfg, tmp_path)
     assert trainer.per_device_batch == 64 and trainer.steps_per_epoch == 11  # 1438 // 64 = 22 micro-batches
     assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 128 / 64)  # scaled on 128
     trainer.fit()
     assert trainer.state.num_updates == 11
+
+
+def test_skipped_optimizer_steps_do_not_advance_the_schedule(tmp_path, monkeypatch):
+    # FP16 loss scaling skips the steps whose gradients overflow; the schedule must count only real updates.
+    from accelerate import Accelerator
+
+    cfg = load_config("digits", FAST[:-1] + ["train.epochs=1", "schedule.warmup_epochs=1"])
+    trainer = Trainer(cfg, tmp_path)
+    calls = {"n": 0}
+
+    def skipped(self):
+        calls["n"] += 1
+        return calls["n"] <= 3  # the first three steps are skipped
+
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(skipped))
+    trainer._train_epoch(0)
+    assert trainer.state.global_step == 11 and trainer.state.num_updates == 8
+    expected = trainer.schedule.factor(8) * cfg.scaled_lr()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)

@@ -169,8 +169,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(args.checkpoint, args.data, tta_flip=args.tta, download=args.download)
     text = json.dumps(metrics, indent=2)
     print(text)
-    if args.out:
-        _write_new(Path(args.out), text + "\n")
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "eval.json"
+    _write_new(out, text + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a train --output folder or its model.safetensors")
     p.add_argument("--data", help="data source to evaluate on (default: the run's)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--out", help="also write the metrics JSON here")
+    p.add_argument("--out", help="where to write the metrics JSON (default: eval.json in the run folder)")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=cmd_eval)
     return parser

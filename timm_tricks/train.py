@@ -390,9 +390,10 @@ class Trainer:
             st.epoch_loss_count += 1
             if not acc.sync_gradients:
                 continue
-            if not torch.isfinite(loss.detach()).all() and not acc.optimizer_step_was_skipped:
+            skipped = acc.optimizer_step_was_skipped  # FP16 loss scaling skipped an overflowing step
+            if not skipped and not torch.isfinite(loss.detach()).all():
                 self._stop_non_finite(epoch, step)
-            if not acc.optimizer_step_was_skipped:
+            if not skipped:
                 st.num_updates += 1
                 self.scheduler.step_update(st.num_updates)
                 if self.ema is not None:
