@@ -176,6 +176,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import run_search
+    from .tune_space import load_space
+
+    space = load_space(args.space)
+    recipe = args.recipe or space.recipe
+    if not recipe:
+        raise UserError(f"search space {args.space!r} names no recipe; pass --recipe")
+    updates: dict = {}
+    if args.model:
+        updates["model"] = {"name": args.model}
+    if args.data:
+        updates["data"] = {"source": args.data}
+    if args.epochs is not None:
+        updates["train"] = {"epochs": args.epochs}
+    if args.address and args.address != "local" and not args.resume:
+        print(f"timm-tricks: note: with --address, --storage {args.storage!r} must be storage every node of the "
+              "cluster sees (a shared file system or a cloud URI)", file=sys.stderr)
+    run_search(space, recipe, overrides=args.set, updates=updates, num_samples=args.num_samples,
+               scheduler=args.scheduler, search=args.search, gpus_per_trial=args.gpus_per_trial,
+               cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
+               storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
+               seed=args.seed, download=args.download)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timm-tricks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -208,6 +234,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--download", action="store_true", help="let CIFAR / timm data sets download their files")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search hyperparameters with Ray Tune (Optuna + ASHA by default)")
+    p.add_argument("--space", required=True, help="search space name (tune_spaces/) or YAML path")
+    p.add_argument("--recipe", help="recipe to start from (default: the space's)")
+    p.add_argument("--model", help="override model.name")
+    p.add_argument("--data", help="override data.source")
+    p.add_argument("--epochs", type=int, help="override train.epochs (the budget of one trial)")
+    p.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
+    p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default="asha")
+    p.add_argument("--search", choices=["optuna", "random"], default="optuna")
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    p.add_argument("--address", help="join a Ray cluster: auto or ray://HOST:PORT (default: start Ray here)")
+    p.add_argument("--storage", default="runs/tune", help="results folder (shared storage on a cluster)")
+    p.add_argument("--name", help="experiment name (default: the space's name)")
+    p.add_argument("--resume", action="store_true", help="continue a killed search in --storage/--name")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed config override")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("eval", help="evaluate a finished run's weights")
     p.add_argument("--checkpoint", required=True, help="a train --output folder or its model.safetensors")

@@ -1,0 +1,256 @@
+"""Ray Tune glue: run the Trainer inside Tune trials over a search space, and report the results.
+
+Nothing here trains: each trial builds the config (recipe + overrides + the trial's sampled values), runs
+:class:`timm_tricks.train.Trainer` with a per-epoch callback that calls ``ray.tune.report`` with the epoch's
+checkpoint, and resumes from ``ray.tune.get_checkpoint()`` when Tune restarts it (a retried failure, a restored
+experiment, or a PBT exploit). Optuna's TPE (seeded) searches by default and ASHA stops weak trials; PBT mutates
+the learning rate, label smoothing and mixup alpha from the best trials' checkpoints.
+
+API notes for Ray 2.60 (checked against the installed source): function trainables report with
+``ray.tune.report`` (``ray.train.report`` raises inside Tune), configs come from ``ray.tune`` (``RunConfig``,
+``FailureConfig``, ``CheckpointConfig``), metric/mode are set only in ``TuneConfig``, PBT takes no searcher, and
+``storage_path`` must be absolute.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, deep_merge, load_config
+from .tune_space import SearchSpace, nested
+
+SCHEDULERS = ("asha", "pbt", "fifo")
+SEARCHERS = ("optuna", "random")
+PBT_KEYS = ("optim.lr", "loss.label_smoothing", "mixup.alpha")  # what PBT mutates, when the space searches them
+QUIET_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 otherwise writes ~/.ray/auth_token for a local cluster
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",  # snapshot the experiment state at every checkpoint, so resume loses nothing
+}
+
+
+def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """One Tune trial: train ``base``'s recipe with the trial's sampled ``config`` values, reporting every epoch."""
+    from ray import tune
+
+    from .train import COMPLETE_MARKER, Trainer
+
+    updates = deep_merge(base["updates"], nested(config))
+    cfg = load_config(base["recipe"], base["overrides"], **updates)
+    run = Path(tune.get_context().get_trial_dir()) / "run"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        shutil.rmtree(run, ignore_errors=True)  # a retry before the first checkpoint starts over
+    else:
+        # A retry, a restored experiment or a PBT exploit: continue from the checkpoint Tune hands back (for an
+        # exploit, the donor trial's) and from nothing newer of this trial's own.
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / COMPLETE_MARKER).read_text())
+            shutil.copytree(folder, run / "checkpoints" / f"ckpt-{state['global_step']:09d}")
+
+    def report(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        values["epoch"] = epoch + 1
+        tune.report(values, checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None)
+
+    Trainer(cfg, run, resume=checkpoint is not None, download=base.get("download", False), callback=report).fit()
+
+
+def _scheduler(name: str, space: SearchSpace, epochs: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+    if name == "pbt":
+        mutations = {k: v for k, v in space.to_tune().items() if k in PBT_KEYS}
+        if not mutations:
+            raise ConfigError(f"--scheduler pbt mutates {', '.join(PBT_KEYS)}; search space {space.name!r} has none")
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+                                       hyperparam_mutations=mutations, quantile_fraction=0.25,
+                                       resample_probability=0.25)
+    return FIFOScheduler()
+
+
+def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), updates: dict | None = None,
+               num_samples: int = 8, scheduler: str = "asha", search: str = "optuna", gpus_per_trial: float = 0,
+               cpus_per_trial: float = 1, max_concurrent: int | None = None, address: str | None = None,
+               storage: str | Path = "runs/tune", name: str | None = None, resume: bool = False,
+               max_failures: int = 2, seed: int = 0, download: bool = False) -> Path:
+    """Run (or ``resume``) a search and write its report; return the experiment folder.
+
+    Args:
+        space: The validated search space.
+        recipe: The recipe every trial starts from.
+        overrides, updates: Fixed config changes applied before the sampled values.
+        num_samples: Trials to run.
+        scheduler: ``asha`` (default), ``pbt`` or ``fifo`` (every trial to the full budget).
+        search: ``optuna`` (seeded TPE, default) or ``random``; PBT always samples at random.
+        gpus_per_trial, cpus_per_trial: Resources of one trial.
+        max_concurrent: Trials at once (default: as many as the resources allow).
+        address: A Ray cluster to join (``auto`` or ``ray://host:port``); None starts Ray on this machine.
+        storage: Results folder (shared storage when joining a cluster).
+        name: Experiment name (default: the space's name).
+        resume: Continue a killed search in ``storage/name``.
+        max_failures: Retries of a crashed trial, each from its last checkpoint.
+        seed: Seed of the Optuna sampler.
+        download: Let CIFAR / timm data sets download.
+    """
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    if search not in SEARCHERS:
+        raise ConfigError(f"unknown search {search!r}; valid: {', '.join(SEARCHERS)}")
+    updates = updates or {}
+    base_cfg = load_config(recipe, list(overrides), **updates)  # fail early on a bad recipe or override
+    for dim in space.dimensions:  # every value the space can sample must give a valid config with this recipe
+        for value in dim.values_to_check():
+            try:
+                load_config(recipe, list(overrides), **deep_merge(updates, nested({dim.key: value})))
+            except ConfigError as e:
+                raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
+                                  f"{str(recipe)!r}: {e}") from None
+    storage = Path(storage).expanduser().resolve()
+    exp = storage / (name or space.name)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray import tune
+
+    if exp.exists() and not resume:
+        raise ConfigError(f"search {str(exp)!r} already exists; pass --resume to continue it or choose another --name")
+    if resume and not tune.Tuner.can_restore(str(exp)):
+        raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl)")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
+        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+        trainable = tune.with_parameters(tune.with_resources(trial_fn, resources), base=base)
+        if resume:
+            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        else:
+            searcher = None
+            if search == "optuna" and scheduler != "pbt":
+                from ray.tune.search.optuna import OptunaSearch
+
+                searcher = OptunaSearch(seed=seed)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space.to_tune(),
+                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
+                                            search_alg=searcher, max_concurrent_trials=max_concurrent,
+                                            scheduler=_scheduler(scheduler, space, base_cfg.train.epochs)),
+                run_config=tune.RunConfig(name=exp.name, storage_path=str(storage), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        results = tuner.fit()
+        write_report(results, space, exp)
+    finally:
+        ray.shutdown()
+    return exp
+
+
+def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
+    """One row per trial: the searched values, the best metric over its epochs, epochs run and status."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        metric = space.metric
+        best = None
+        if df is not None and metric in df:
+            series = df[metric].dropna()
+            best = (series.max() if space.mode == "max" else series.min()) if len(series) else None
+        rows.append({
+            **{k: r.config.get(k) for k in space.keys()},
+            f"best_{metric}": None if best is None else float(best),
+            "epochs": int(r.metrics.get("epoch", 0)) if r.metrics else 0,
+            "status": "ERROR" if r.error else "TERMINATED",
+            "path": str(r.path),
+        })
+    key = f"best_{space.metric}"
+    sign = -1 if space.mode == "max" else 1
+    rows.sort(key=lambda row: (row[key] is None, sign * (row[key] or 0)))
+    return rows
+
+
+def write_report(results: Any, space: SearchSpace, exp: Path) -> list[dict[str, Any]]:
+    """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the table."""
+    rows = trial_table(results, space)
+    if not rows:
+        raise ConfigError(f"search {str(exp)!r} has no trials")
+    columns = [c for c in rows[0] if c != "path"]
+    with open(exp / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + ["path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    table = "\n".join(lines)
+    best = rows[0]
+    best_config = Path(best["path"]) / "run" / "config.yaml"
+    text = [f"# Search {exp.name}: {space.metric} ({space.mode}) over {', '.join(space.keys())}", "", table, ""]
+    if best_config.is_file():
+        recipe = yaml.safe_load(best_config.read_text())
+        recipe["name"] = f"{exp.name}_best"
+        recipe["description"] = f"best trial of search {exp.name}: {space.metric} {_fmt(best[f'best_{space.metric}'])}"
+        (exp / "best_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        text.append(f"Best trial's config: `{exp / 'best_recipe.yaml'}` (train it with "
+                    f"`timm-tricks train --recipe {exp / 'best_recipe.yaml'} --output DIR`).")
+    (exp / "report.md").write_text("\n".join(text) + "\n")
+    _plots(results, space, rows, exp)
+    print("\n".join(text))
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"best_{space.metric}"
+    for dim in space.keys():
+        points = [(r[dim], r[key]) for r in rows if r[key] is not None and isinstance(r[dim], (int, float))]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.scatter(*zip(*points, strict=True))
+        if dim == "optim.lr":
+            ax.set_xscale("log")
+        ax.set_xlabel(dim)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(exp / f"metric_vs_{dim.replace('.', '_')}.png", dpi=90)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        df = r.metrics_dataframe
+        if df is not None and space.metric in df and "epoch" in df:
+            ax.plot(df["epoch"], df[space.metric], marker="o", alpha=0.7)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(space.metric)
+    ax.set_title(f"learning curves of the trials of {exp.name}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(exp / "learning_curves.png", dpi=90)
+    plt.close(fig)
