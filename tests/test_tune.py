@@ -13,8 +13,8 @@ from timm_tricks.config import load_config
 TINY = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.keep_checkpoints=1"]
 
 
-def _tune(args, tmp_path, check=True):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # keep Ray's files out of the real home
+def _tune(args, tmp_path, check=True, env_extra=None):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", "tune", *args], capture_output=True, text=True,
                           env=env, timeout=900)
     if check:
@@ -25,11 +25,14 @@ def _tune(args, tmp_path, check=True):
 @pytest.mark.slow
 def test_search_writes_report_and_a_trainable_best_recipe(tmp_path):
     storage = tmp_path / "results"
-    proc = _tune(["--space", "digits", "--num-samples", "3", "--epochs", "3", "--storage", str(storage),
-                  "--name", "s1", *[a for o in TINY for a in ("--set", o)]], tmp_path)
+    # one trial at a time: seeded TPE and deterministic training make ASHA's decisions reproducible
+    proc = _tune(["--space", "digits", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
+                  "--name", "s1", "--max-concurrent", "1", *[a for o in TINY for a in ("--set", o)]], tmp_path)
     exp = storage / "s1"
     rows = list(csv.DictReader(open(exp / "trials.csv")))
-    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
+    epochs = [int(r["epochs"]) for r in rows]
+    assert max(epochs) == 3 and min(epochs) < 3  # ASHA stopped at least one trial early
     scores = [float(r["best_eval_top1"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert "| optim.lr |" in proc.stdout and (exp / "report.md").is_file()
@@ -57,3 +60,22 @@ def test_bad_space_is_rejected_before_ray_starts(tmp_path):
     proc = _tune(["--space", str(bad), "--storage", str(tmp_path / "r")], tmp_path, check=False)
     assert proc.returncode == 2 and "optim.lr=0.0 is out of range" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
+    marker = tmp_path / "killed-once"
+    storage = tmp_path / "results"
+    space = tmp_path / "one.yaml"
+    space.write_text("recipe: digits\nspace:\n  optim.lr: {choice: [0.1]}\n")
+    # 11 steps an epoch; the trial's process is SIGKILLed after step 17, inside epoch 2
+    _tune(["--space", str(space), "--num-samples", "1", "--epochs", "3", "--scheduler", "fifo", "--storage",
+           str(storage), "--name", "retry", *[a for o in TINY for a in ("--set", o)]], tmp_path,
+          env_extra={"TIMM_TRICKS_KILL_AT_STEP": "17", "TIMM_TRICKS_KILL_ONCE": str(marker)})
+    assert marker.exists()
+    (row,) = list(csv.DictReader(open(storage / "retry" / "trials.csv")))
+    assert row["status"] == "TERMINATED" and row["epochs"] == "3"
+    trial = storage / "retry" / row["path"].rsplit("/", 1)[-1]
+    summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
+    assert [r["epoch"] for r in summary] == ["0", "1", "2"]  # epoch 1 trained again from the epoch-0 checkpoint
+    assert (trial / "error.txt").exists()

@@ -73,6 +73,17 @@ def cpu_only_distributed() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _kill_for_tests() -> None:
+    """SIGKILL this process (``TIMM_TRICKS_KILL_AT_STEP``), once per marker file if ``TIMM_TRICKS_KILL_ONCE``
+    names one: the resume and retry tests use it to die at a known step."""
+    marker = os.environ.get("TIMM_TRICKS_KILL_ONCE")
+    if marker:
+        if Path(marker).exists():
+            return
+        Path(marker).write_text("killed\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) with one value."""
     random.seed(seed)
@@ -407,7 +418,7 @@ class Trainer:
                 st.epoch_loss_sum = loss_sum.item()
                 self.save_checkpoint()
             if st.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                _kill_for_tests()
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
         if progress is not None:
