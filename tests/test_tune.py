@@ -1,6 +1,7 @@
 """Ray Tune searches on the CPU (embedded Ray, 2 CPUs, tiny trials)."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
     assert [r["epoch"] for r in summary] == ["0", "1", "2"]  # epoch 1 trained again from the epoch-0 checkpoint
     assert (trial / "error.txt").exists()
+
+
+
+@pytest.mark.slow
+def test_pbt_exploits_and_mutates(tmp_path):
+    storage = tmp_path / "results"
+    _tune(["--space", "digits", "--scheduler", "pbt", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
+           "--name", "pbt", *[a for o in TINY for a in ("--set", o)]], tmp_path)
+    exp = storage / "pbt"
+    rows = list(csv.DictReader(open(exp / "trials.csv")))
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
+    policies = list(exp.glob("pbt_policy_*.txt"))
+    assert policies, "no trial was perturbed"
+    # each policy line records [old tag, new tag, old iteration, new iteration, old config, new config]
+    changes = [json.loads(line) for p in policies for line in p.read_text().splitlines() if line.strip()]
+    assert any(c[4] != c[5] for c in changes)  # explore changed a searched value
+    mutated = {k for c in changes for k in c[5] if c[4].get(k) != c[5].get(k)}
+    assert mutated <= {"optim.lr", "loss.label_smoothing", "mixup.alpha"}

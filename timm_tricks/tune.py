@@ -35,7 +35,6 @@ QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",  # snapshot the experiment state at every checkpoint, so resume loses nothing
 }
 
 
@@ -139,7 +138,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
         trainable = tune.with_parameters(tune.with_resources(trial_fn, resources), base=base)
         if resume:
-            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True,
+                                       param_space=space.to_tune())
         else:
             searcher = None
             if search == "optuna" and scheduler != "pbt":
