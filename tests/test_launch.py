@@ -39,3 +39,14 @@ def test_slurm_script_is_valid_bash_and_uses_slurm_variables():
                    "accelerate launch", "-m timm_tricks train", "launch/accelerate/2node_8gpu_fp16.yaml"):
         assert needle in text
     assert yaml.safe_load((LAUNCH / "accelerate" / "2node_8gpu_fp16.yaml").read_text())["num_machines"] == 2
+
+
+def test_ray_cluster_files_parse():
+    cluster = yaml.safe_load((LAUNCH / "ray" / "cluster.yaml").read_text())
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    assert {"provider", "head_start_ray_commands", "worker_start_ray_commands"} <= set(cluster)
+    kuberay = yaml.safe_load((LAUNCH / "ray" / "kuberay.yaml").read_text())
+    assert kuberay["apiVersion"] == "ray.io/v1" and kuberay["kind"] == "RayCluster"
+    workers = kuberay["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" in workers["resources"]["limits"]
+    assert "launch/ray/cluster.yaml" in (LAUNCH / "README.md").read_text()
