@@ -68,13 +68,22 @@ def lr_table(cfg, steps_per_epoch: int) -> list[tuple[int, float, float]]:
     return rows
 
 
-def cmd_lr_schedule(args: argparse.Namespace) -> int:
-    updates = {}
-    if args.epochs is not None:
+def flag_updates(args: argparse.Namespace) -> dict:
+    """The config sections set by the shortcut flags --model, --data, --batch-size and --epochs (where given)."""
+    updates: dict = {}
+    if getattr(args, "model", None):
+        updates["model"] = {"name": args.model}
+    if getattr(args, "data", None):
+        updates["data"] = {"source": args.data}
+    if getattr(args, "batch_size", None) is not None:
+        updates.setdefault("data", {}).update(batch_size=args.batch_size, batch_size_per_device=None)
+    if getattr(args, "epochs", None) is not None:
         updates["train"] = {"epochs": args.epochs}
-    if args.batch_size is not None:
-        updates["data"] = {"batch_size": args.batch_size, "batch_size_per_device": None}
-    cfg = load_config(args.recipe, args.set, **updates)
+    return updates
+
+
+def cmd_lr_schedule(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.set, **flag_updates(args))
     steps = args.steps_per_epoch
     if steps is None:
         kind = _source_kind(cfg.data.source)
@@ -130,23 +139,10 @@ def _plot(rows: list[tuple[int, float, float]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _train_config(args: argparse.Namespace):
-    updates: dict = {}
-    if args.model:
-        updates["model"] = {"name": args.model}
-    if args.data:
-        updates["data"] = {"source": args.data}
-    if args.batch_size is not None:
-        updates.setdefault("data", {}).update(batch_size=args.batch_size, batch_size_per_device=None)
-    if args.epochs is not None:
-        updates["train"] = {"epochs": args.epochs}
-    return load_config(args.recipe, args.set, **updates)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import Trainer, TrainingError
 
-    cfg = _train_config(args)
+    cfg = load_config(args.recipe, args.set, **flag_updates(args))
     try:
         metrics = Trainer(cfg, args.output, resume=args.resume, download=args.download).fit()
     except TrainingError as e:
@@ -184,13 +180,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     recipe = args.recipe or space.recipe
     if not recipe:
         raise UserError(f"search space {args.space!r} names no recipe; pass --recipe")
-    updates: dict = {}
-    if args.model:
-        updates["model"] = {"name": args.model}
-    if args.data:
-        updates["data"] = {"source": args.data}
-    if args.epochs is not None:
-        updates["train"] = {"epochs": args.epochs}
+    updates = flag_updates(args)
     if args.address and args.address != "local" and not args.resume:
         print(f"timm-tricks: note: with --address, --storage {args.storage!r} must be storage every node of the "
               "cluster sees (a shared file system or a cloud URI)", file=sys.stderr)

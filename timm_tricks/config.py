@@ -236,9 +236,6 @@ class Config:
         return scale_lr(self.optim.lr, self.global_batch_size(num_processes), self.optim.base_batch_size)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -248,17 +245,23 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
-def recipe_path(name_or_path: str | Path) -> Path:
-    """The file of a shipped recipe name, or the given path if it is a readable YAML file."""
+def named_yaml(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """A YAML file given by path (anything with a folder or a .yaml suffix), or by the name of a file in ``folder``;
+    a ConfigError names a missing file or an unknown name with the closest valid ones."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
         if not candidate.is_file():
-            raise ConfigError(f"recipe file {str(name_or_path)!r} does not exist")
+            raise ConfigError(f"{what} file {str(name_or_path)!r} does not exist")
         return candidate
-    path = RECIPE_DIR / f"{name_or_path}.yaml"
+    path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(_unknown("recipe", str(name_or_path), list_recipes()))
+        raise ConfigError(_unknown(what, str(name_or_path), sorted(p.stem for p in folder.glob("*.yaml"))))
     return path
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The file of a shipped recipe name, or the given path if it is a readable YAML file."""
+    return named_yaml(name_or_path, RECIPE_DIR, "recipe")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -503,19 +506,3 @@ _BOUNDS = (
     ("le", "<=", lambda v, b: v <= b),
     ("lt", "<", lambda v, b: v < b),
 )
-
-
-def describe_keys() -> dict[str, str]:
-    """Each dotted key with its one-line description (for ``--help``-style listings)."""
-    out = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                out[f"{prefix}{f.name}"] = f.metadata.get("doc", "")
-
-    walk(Config, "")
-    return out

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, _check, _coerce, _unknown, all_keys
+from .config import Config, ConfigError, _check, _coerce, _unknown, all_keys, named_yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 METRICS = ("eval_top1", "eval_top5", "eval_loss", "train_loss")
@@ -132,15 +132,7 @@ def _check_dimension(where: str, key: str, spec: Any) -> Dimension:
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """Load and validate a shipped space by name, or a YAML file by path."""
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
-        if not candidate.is_file():
-            raise ConfigError(f"search space file {str(name_or_path)!r} does not exist")
-        path = candidate
-    else:
-        path = space_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ConfigError(_unknown("search space", str(name_or_path), list_spaces()))
+    path = named_yaml(name_or_path, space_dir(), "search space")
     where = f"search space {str(path)!r}"
     try:
         data = yaml.safe_load(path.read_text())
