@@ -1,4 +1,4 @@
-"""The built wheel carries the recipes and the search spaces; the spaces name real config keys."""
+"""The built wheel carries the recipes, ladders and search spaces; the spaces name real config keys."""
 
 import subprocess
 import sys
@@ -19,8 +19,11 @@ def test_wheel_contains_recipes_and_tune_spaces(tmp_path):
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("timm_tricks-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for recipe in (ROOT / "timm_tricks" / "recipes").glob("*.yaml"):
-        assert f"timm_tricks/recipes/{recipe.name}" in names
+    for folder in ("recipes", "ladders"):
+        shipped = sorted((ROOT / "timm_tricks" / folder).glob("*.yaml"))
+        assert shipped
+        for path in shipped:
+            assert f"timm_tricks/{folder}/{path.name}" in names
     spaces = sorted((ROOT / "tune_spaces").glob("*.yaml"))
     assert spaces
     for space in spaces:

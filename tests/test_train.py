@@ -65,6 +65,28 @@ def test_fit_writes_the_run_and_weights_load_in_timm(tmp_path):
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
 
 
+def test_a_checkpoint_resumes_in_a_new_folder_with_its_history_and_a_finished_run_is_left_alone(tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    cfg = load_config("digits", FAST)
+    Trainer(cfg, out).fit()
+    before = (out / "metrics.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns
+    # resuming a finished run (a restored search's finished trial) trains nothing and rewrites nothing
+    assert Trainer(cfg, out, resume=True).fit() == json.loads(before[0])
+    assert ((out / "metrics.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns) == before
+    # the epoch-0 checkpoint alone, in a fresh folder (a restored Ray trial's new staging folder), continues the run
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "checkpoints" / "ckpt-000000011", moved / "checkpoints" / "ckpt-000000011")
+    Trainer(cfg, moved, resume=True).fit()
+    original = list(csv.reader(open(out / "summary.csv")))
+    resumed = list(csv.reader(open(moved / "summary.csv")))
+    assert resumed[:2] == original[:2]  # the header and epoch 0 come from the checkpoint, not retrained
+    assert [r[0] for r in resumed[1:]] == ["0", "1"]
+    assert resumed[2][:-1] == original[2][:-1]  # epoch 1 retrained exactly (all but its wall time)
+    assert (moved / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
 def test_existing_run_is_not_touched(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

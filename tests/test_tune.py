@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -98,3 +100,50 @@ def test_pbt_exploits_and_mutates(tmp_path):
     assert any(c[4] != c[5] for c in changes)  # explore changed a searched value
     mutated = {k for c in changes for k in c[5] if c[4].get(k) != c[5].get(k)}
     assert mutated <= {"optim.lr", "loss.label_smoothing", "mixup.alpha"}
+
+
+def _snapshot_has(exp, tag_prefix, iteration):
+    """True when the newest saved experiment state shows trial ``tag_prefix`` with ``iteration`` results."""
+    for path in sorted(exp.glob("experiment_state-*.json")):
+        try:
+            state = json.loads(path.read_text())
+        except (ValueError, OSError):  # being written
+            continue
+        for _, meta in state["trial_data"]:
+            result = json.loads(meta).get("last_result") or {}
+            if result.get("experiment_tag", "").startswith(tag_prefix) and \
+                    result.get("training_iteration", 0) >= iteration:
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_trials(tmp_path):
+    storage = tmp_path / "results"
+    exp = storage / "dk"
+    args = ["--space", "digits", "--num-samples", "3", "--epochs", "3", "--storage", str(storage), "--name", "dk",
+            "--max-concurrent", "1", "--scheduler", "fifo", *[a for o in TINY for a in ("--set", o)]]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path))
+    driver = subprocess.Popen([sys.executable, "-m", "timm_tricks", "tune", *args], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not _snapshot_has(exp, "2_", 1):  # Tune has saved trial 2's first epoch and its checkpoint
+            assert driver.poll() is None and time.monotonic() < deadline, "the search ended before the kill"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as a lost head node would
+        driver.wait()
+    (first,) = exp.glob("trial_fn_*_1_*")
+    finished = (first / "run" / "metrics.json").stat().st_mtime_ns
+    assert not (exp / "trials.csv").exists()
+
+    _tune([*args, "--resume"], tmp_path)
+    rows = list(csv.DictReader(open(exp / "trials.csv")))
+    assert len(rows) == 3 and all(r["status"] == "TERMINATED" and r["epochs"] == "3" for r in rows)
+    assert len({r["optim.lr"] for r in rows}) == 3
+    assert len(list(exp.glob("trial_fn_*"))) == 3  # no trial started twice
+    for trial in exp.glob("trial_fn_*"):
+        summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
+        assert [r["epoch"] for r in summary] == ["0", "1", "2"], trial.name  # each epoch trained once
+    assert (first / "run" / "metrics.json").stat().st_mtime_ns == finished  # the finished trial did not run again

@@ -181,15 +181,46 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not recipe:
         raise UserError(f"search space {args.space!r} names no recipe; pass --recipe")
     updates = flag_updates(args)
-    if args.address and args.address != "local" and not args.resume:
-        print(f"timm-tricks: note: with --address, --storage {args.storage!r} must be storage every node of the "
-              "cluster sees (a shared file system or a cloud URI)", file=sys.stderr)
     run_search(space, recipe, overrides=args.set, updates=updates, num_samples=args.num_samples,
                scheduler=args.scheduler, search=args.search, gpus_per_trial=args.gpus_per_trial,
                cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
                storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
                seed=args.seed, download=args.download)
     return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import run_ablation
+    from .ladder import list_ladders, load_ladder
+
+    if args.list:
+        for name in list_ladders():
+            ladder = load_ladder(name)
+            print(f"{name:<16}  {len(ladder.rungs):>2} rungs  {ladder.description}")
+        return 0
+    if not args.ladder:
+        raise UserError("ablate needs --ladder NAME|PATH (see 'timm-tricks ablate --list')")
+    ladder = load_ladder(args.ladder)
+    run_ablation(ladder, overrides=args.set, updates=flag_updates(args), seeds=args.seeds,
+                 teacher_checkpoint=args.teacher_checkpoint, teacher_model=args.teacher_model,
+                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                 max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, name=args.name,
+                 resume=args.resume, max_failures=args.max_failures, download=args.download)
+    return 0
+
+
+def _cluster_options(p: argparse.ArgumentParser, storage: str) -> None:
+    """The Ray options ``tune`` and ``ablate`` share."""
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs of one trial (default 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs of one trial (default 1)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    p.add_argument("--address", help="join a Ray cluster: auto or ray://HOST:PORT (default: start Ray here)")
+    p.add_argument("--storage", default=storage, help=f"results folder, shared by all nodes on a cluster "
+                                                      f"(default {storage})")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --storage/--name")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--download", action="store_true", help="let CIFAR / timm data sets download their files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,18 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default="asha")
     p.add_argument("--search", choices=["optuna", "random"], default="optuna")
-    p.add_argument("--gpus-per-trial", type=float, default=0)
-    p.add_argument("--cpus-per-trial", type=float, default=1)
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
-    p.add_argument("--address", help="join a Ray cluster: auto or ray://HOST:PORT (default: start Ray here)")
-    p.add_argument("--storage", default="runs/tune", help="results folder (shared storage on a cluster)")
     p.add_argument("--name", help="experiment name (default: the space's name)")
-    p.add_argument("--resume", action="store_true", help="continue a killed search in --storage/--name")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed config override")
-    p.add_argument("--download", action="store_true")
+    _cluster_options(p, "runs/tune")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("ablate", help="train a ladder of tricks rung by rung with K seeds (a Ray Tune grid)")
+    p.add_argument("--ladder", help="ladder name (timm_tricks/ladders/) or YAML path")
+    p.add_argument("--list", action="store_true", help="list the shipped ladders")
+    p.add_argument("--model", help="override model.name on every rung (the student's)")
+    p.add_argument("--data", help="override data.source on every rung")
+    p.add_argument("--epochs", type=int, help="override train.epochs on every rung")
+    p.add_argument("--batch-size", type=int, help="override the global batch size on every rung")
+    p.add_argument("--seeds", type=int, default=1, help="runs per rung, seeds 0..K-1 (default 1)")
+    p.add_argument("--teacher-checkpoint", help="teacher weights for the distilling rungs (default: train the "
+                                                "ladder's teacher first)")
+    p.add_argument("--teacher-model", help="replace the model of the ladder's teacher")
+    p.add_argument("--name", help="ablation name (default: the ladder's name)")
+    _cluster_options(p, "runs/ablate")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("eval", help="evaluate a finished run's weights")
     p.add_argument("--checkpoint", required=True, help="a train --output folder or its model.safetensors")

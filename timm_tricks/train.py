@@ -466,6 +466,9 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            summary = self.output_dir / "summary.csv"
+            if summary.exists():  # the epochs so far travel with the state: a checkpoint resumes anywhere
+                shutil.copyfile(summary, tmp / "summary.csv")
             (tmp / COMPLETE_MARKER).write_text(json.dumps(self.state.state_dict()))
             if final.exists():
                 shutil.rmtree(final)
@@ -486,16 +489,19 @@ class Trainer:
             return False
         self.accelerator.load_state(str(ckpts[-1]))
         self.scheduler.step_update(self.state.num_updates)
-        self._truncate_summary(self.state.epoch)
+        self._restore_summary(ckpts[-1], self.state.epoch)
         self.accelerator.print(f"resumed from {ckpts[-1]} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         return True
 
-    def _truncate_summary(self, epochs_done: int) -> None:
-        """Drop summary rows of epochs the resumed run will train again."""
+    def _restore_summary(self, checkpoint: Path, epochs_done: int) -> None:
+        """Make ``summary.csv`` hold exactly the epochs before ``checkpoint``: its own copy of them where it has one
+        (a checkpoint moved to a new folder, such as a restored Ray Tune trial's), else the run folder's rows
+        without the epochs the resumed run will train again."""
         path = self.output_dir / "summary.csv"
-        if not self.accelerator.is_main_process or not path.exists():
+        source = checkpoint / "summary.csv" if (checkpoint / "summary.csv").exists() else path
+        if not self.accelerator.is_main_process or not source.exists():
             return
-        with open(path, newline="") as f:
+        with open(source, newline="") as f:
             rows = list(csv.reader(f))
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
         with open(path, "w", newline="") as f:
@@ -539,6 +545,10 @@ class Trainer:
                 self._mark_best(ckpt)
             if self.callback is not None and acc.is_main_process:
                 self.callback(epoch, metrics, ckpt)
+        if not metrics and (out / "metrics.json").exists():
+            # Resumed after the last epoch (a restored search's finished trial): nothing trained, nothing rewritten.
+            acc.end_training()
+            return json.loads((out / "metrics.json").read_text())
         final = {k: v for k, v in metrics.items() if k != "epoch"}
         final["best_top1"] = st.best_top1
         self._write_outputs(final)

@@ -14,11 +14,13 @@ API notes for Ray 2.60 (checked against the installed source): function trainabl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +41,25 @@ QUIET_ENV = {
 
 
 def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """One Tune trial: train ``base``'s recipe with the trial's sampled ``config`` values, reporting every epoch."""
+    """One Tune trial: train ``base``'s recipe with the trial's sampled ``config`` values, reporting every epoch.
+
+    A ``rung`` entry in ``config`` (the ablation grid's) picks the recipe file ``base["rungs"][rung]`` instead.
+    """
     from ray import tune
 
-    from .train import COMPLETE_MARKER, Trainer
+    from .train import Trainer
 
-    updates = deep_merge(base["updates"], nested(config))
-    cfg = load_config(base["recipe"], base["overrides"], **updates)
+    config = dict(config)
+    recipe = base["rungs"][config.pop("rung")] if "rung" in config else base["recipe"]
+    cfg = load_config(recipe, base["overrides"], **deep_merge(base["updates"], nested(config)))
     run = Path(tune.get_context().get_trial_dir()) / "run"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         shutil.rmtree(run, ignore_errors=True)  # a retry before the first checkpoint starts over
-    else:
-        # A retry, a restored experiment or a PBT exploit: continue from the checkpoint Tune hands back (for an
-        # exploit, the donor trial's) and from nothing newer of this trial's own.
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)
-        with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / COMPLETE_MARKER).read_text())
-            shutil.copytree(folder, run / "checkpoints" / f"ckpt-{state['global_step']:09d}")
+    elif not _adopt(checkpoint, run / "checkpoints"):
+        # Tune's snapshot names a checkpoint it has since replaced (the driver died between the two): this trial's
+        # own newest checkpoint in ``run`` is the one that replaced it.
+        print(f"timm-tricks: checkpoint {checkpoint.path} is gone; resuming from {run / 'checkpoints'}")
 
     def report(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -64,6 +67,21 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
         tune.report(values, checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None)
 
     Trainer(cfg, run, resume=checkpoint is not None, download=base.get("download", False), callback=report).fit()
+
+
+def _adopt(checkpoint: Any, folder: Path) -> bool:
+    """Make ``checkpoint`` (Tune's, for an exploit the donor trial's) the only checkpoint in ``folder``, so the
+    Trainer continues from it and from nothing newer of this trial's own; False when it no longer exists."""
+    from .train import COMPLETE_MARKER
+
+    try:
+        with checkpoint.as_directory() as source:
+            state = json.loads((Path(source) / COMPLETE_MARKER).read_text())
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(source, folder / f"ckpt-{state['global_step']:09d}")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _scheduler(name: str, space: SearchSpace, epochs: int) -> Any:
@@ -118,48 +136,109 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
             except ConfigError as e:
                 raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
                                   f"{str(recipe)!r}: {e}") from None
-    storage = Path(storage).expanduser().resolve()
-    exp = storage / (name or space.name)
+    exp = experiment_dir(storage, name or space.name, resume)
+    with ray_session(address, exp):
+        base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
+        searcher = None
+        if search == "optuna" and scheduler != "pbt":
+            from ray.tune.search.optuna import OptunaSearch
+
+            searcher = OptunaSearch(seed=seed)
+        results = fit(exp, base, space.to_tune(), resume=resume, metric=space.metric, mode=space.mode,
+                      num_samples=num_samples, search_alg=searcher, max_concurrent=max_concurrent,
+                      scheduler=_scheduler(scheduler, space, base_cfg.train.epochs),
+                      resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial}, max_failures=max_failures,
+                      keep_checkpoints=3 if scheduler == "pbt" else 1)
+        write_report(results, space, exp)
+    return exp
+
+
+def experiment_dir(storage: str | Path, name: str, resume: bool) -> Path:
+    """``storage/name``, absolute (Ray requires it); it must be new unless ``resume``, and exist if ``resume``."""
+    exp = Path(storage).expanduser().resolve() / name
+    if exp.exists() and not resume:
+        raise ConfigError(f"{str(exp)!r} already exists; pass --resume to continue it or choose another --name")
+    if resume and not exp.exists():
+        raise ConfigError(f"nothing to resume in {str(exp)!r}")
+    return exp
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, storage: Path) -> Iterator[None]:
+    """Start Ray on this machine (``address`` None) or join a cluster, and shut it down afterwards.
+
+    On a cluster of more than one node, ``storage`` must be seen by every node: a ConfigError says so when it is
+    on a local file system of this machine.
+    """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
-    from ray import tune
 
-    if exp.exists() and not resume:
-        raise ConfigError(f"search {str(exp)!r} already exists; pass --resume to continue it or choose another --name")
-    if resume and not tune.Tuner.can_restore(str(exp)):
-        raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl)")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
-        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        trainable = tune.with_parameters(tune.with_resources(trial_fn, resources), base=base)
-        if resume:
-            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True,
-                                       param_space=space.to_tune())
-        else:
-            searcher = None
-            if search == "optuna" and scheduler != "pbt":
-                from ray.tune.search.optuna import OptunaSearch
-
-                searcher = OptunaSearch(seed=seed)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space.to_tune(),
-                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=num_samples,
-                                            search_alg=searcher, max_concurrent_trials=max_concurrent,
-                                            scheduler=_scheduler(scheduler, space, base_cfg.train.epochs)),
-                run_config=tune.RunConfig(name=exp.name, storage_path=str(storage), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-        results = tuner.fit()
-        write_report(results, space, exp)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and not is_shared_storage(storage):
+            raise ConfigError(f"--storage {str(storage.parent)!r} is on a local disk of this machine, but the Ray "
+                              f"cluster has {len(nodes)} nodes: give a folder every node mounts (NFS, a cluster "
+                              "file system)")
+        yield
     finally:
         ray.shutdown()
-    return exp
+
+
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+                        "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "9p", "virtiofs",
+                        "fuse.weka", "wekafs", "panfs", "orangefs")
+
+
+def is_shared_storage(path: Path, mounts: str = "/proc/mounts") -> bool:
+    """Whether ``path`` lies on a network or cluster file system, from the mount table (``/proc/mounts``)."""
+    try:
+        table = [line.split()[1:3] for line in Path(mounts).read_text().splitlines() if len(line.split()) > 2]
+    except OSError:
+        return True  # no mount table to read (not Linux): give the user the benefit of the doubt
+    path = Path(path).resolve()
+    best, kind = "", ""
+    for point, fs_type in table:
+        point = point.replace("\\040", " ")
+        if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
+            best, kind = point, fs_type
+    return kind in NETWORK_FILE_SYSTEMS
+
+
+def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume: bool, metric: str, mode: str,
+        num_samples: int = 1, search_alg: Any = None, scheduler: Any = None, max_concurrent: int | None = None,
+        resources: dict[str, float] | None = None, max_failures: int = 2, keep_checkpoints: int = 1) -> Any:
+    """Run ``trial_fn`` over ``param_space`` as the Tune experiment ``exp`` (or restore it), return the ResultGrid.
+
+    ``base`` holds what every trial shares (recipe, overrides, updates); the searcher, scheduler and
+    concurrency are set only on a new experiment, a restored one keeps its own.
+
+    ``keep_checkpoints`` is Tune's ``num_to_keep`` per trial. Tune snapshots the experiment each time a trial has
+    saved that many checkpoints since the last snapshot (``_ExperimentCheckpointManager``), so the default of one
+    makes a snapshot after every reported epoch and ``--resume`` after a killed driver loses at most the epoch in
+    flight. PBT needs more: an exploiting trial loads its donor's checkpoint after the donor may have saved again.
+    """
+    from ray import tune
+
+    trainable = tune.with_parameters(tune.with_resources(trial_fn, resources or {"cpu": 1}), base=base)
+    if resume and exp.exists():
+        if not tune.Tuner.can_restore(str(exp)):
+            raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl): choose another --name")
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
+                                        max_concurrent_trials=max_concurrent, scheduler=scheduler),
+            run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints)))
+    return tuner.fit()
 
 
 def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:

@@ -1,0 +1,183 @@
+"""``timm-tricks ablate``: a ladder's rungs x K seeds as one Ray Tune grid, and the paper-style table of the result.
+
+Every rung's config is written as a recipe file (``rungs/NN_<rung>.yaml``, trainable on its own with
+``timm-tricks train --recipe``), the distilling rungs' teacher is trained first as its own Tune experiment
+(``teacher/``) unless a checkpoint is given, and the grid (``grid/``) runs each rung with seeds ``0..K-1`` through
+the same trial function as ``timm-tricks tune``: retries from checkpoints, ``--resume`` after a killed driver,
+local or on a cluster. The result is ``ablation.md`` (rung, mean and standard deviation of the final metric over
+the seeds, change against the rung before, time per run, the paper's number), ``ablation.csv`` (one row per run)
+and ``ablation.png`` (a bar chart with one standard deviation as error bars).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
+from .tune import experiment_dir, fit, ray_session
+
+
+def _slug(index: int, name: str) -> str:
+    return f"{index:02d}_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "rung")
+
+
+def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | None = None, seeds: int = 1,
+                 teacher_checkpoint: str | None = None, teacher_model: str | None = None,
+                 gpus_per_trial: float = 0, cpus_per_trial: float = 1, max_concurrent: int | None = None,
+                 address: str | None = None, storage: str | Path = "runs/ablate", name: str | None = None,
+                 resume: bool = False, max_failures: int = 2, download: bool = False) -> Path:
+    """Train every rung of ``ladder`` with ``seeds`` seeds and write the table; return the ablation folder.
+
+    Args:
+        ladder: The validated ladder.
+        overrides, updates: The command's ``--set`` overrides and flags, applied to every rung after its changes.
+        seeds: Runs per rung (``train.seed`` 0 to seeds - 1, the same seeds on every rung).
+        teacher_checkpoint: Weights of the distilling rungs' teacher; None trains the ladder's teacher first.
+        teacher_model: Replaces the model of the ladder's teacher (when it is trained here).
+        gpus_per_trial: GPUs of one run; 0 leaves out the rungs that need a GPU (FP16).
+        cpus_per_trial, max_concurrent, address, storage, name, resume, max_failures, download: As for ``tune``.
+    """
+    if seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    updates = updates or {}
+    gpu = gpus_per_trial > 0
+    plan = plan_ladder(ladder, overrides=overrides, updates=updates, gpu=gpu)
+    distilling = [p for p in plan if p.config is not None and p.config.distill.teacher is not None
+                  and p.config.distill.checkpoint is None]
+    teacher = None
+    if distilling and teacher_checkpoint is None:
+        teacher = teacher_config(ladder, overrides=overrides, updates=updates, gpu=gpu, model=teacher_model)
+    if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
+        raise ConfigError(f"--teacher-checkpoint {teacher_checkpoint!r} is not a file")
+    exp = experiment_dir(storage, name or ladder.name, resume)
+    rung_dir = exp / "rungs"
+    rung_dir.mkdir(parents=True, exist_ok=True)
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    with ray_session(address, exp):
+        if teacher is not None:
+            teacher_file = rung_dir / "teacher.yaml"
+            teacher_file.write_text(teacher.to_yaml())
+            print(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
+            result = fit(exp / "teacher", dict(recipe=str(teacher_file), overrides=[], updates={}, download=download),
+                         {}, resume=resume, metric=ladder.metric, mode="max", resources=resources,
+                         max_failures=max_failures)[0]
+            if result.error:
+                raise ConfigError(f"the teacher run failed ({result.path}): {result.error}")
+            teacher_checkpoint = str(Path(result.path) / "run" / "model.safetensors")
+        rungs = {}
+        for index, p in enumerate(plan):
+            if p.config is None:
+                continue
+            cfg = p.config
+            if p in distilling:
+                cfg.distill.checkpoint = str(Path(teacher_checkpoint).resolve())
+                if teacher is not None:
+                    cfg.distill.teacher = teacher.model.name
+            slug = _slug(index, p.rung.name)  # the grid's value: it names the trial folders
+            path = rung_dir / f"{slug}.yaml"
+            path.write_text(cfg.to_yaml())
+            rungs[slug] = str(path)
+        from ray import tune
+
+        base = dict(recipe=None, rungs=rungs, overrides=[], updates={}, download=download)
+        space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(seeds)))}
+        results = fit(exp / "grid", base, space, resume=resume, metric=ladder.metric, mode="max",
+                      max_concurrent=max_concurrent, resources=resources, max_failures=max_failures)
+        names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
+        runs = [dict(run_row(r, ladder.metric), rung=names[r.config["rung"]]) for r in results]
+    write_ablation(ladder, plan, runs, exp)
+    return exp
+
+
+def run_row(result: Any, metric: str) -> dict[str, Any]:
+    """One grid run: its rung and seed, the metric after its last epoch, its training time and status."""
+    last = result.metrics or {}
+    return {"rung": result.config["rung"], "seed": result.config["train.seed"],
+            metric: last.get(metric) if not result.error else None,
+            "epochs": last.get("epoch", 0), "seconds": last.get("time_total_s"),
+            "status": "ERROR" if result.error else "TERMINATED", "path": str(result.path)}
+
+
+def summarize(plan: list[PlannedRung], runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per rung: mean and sample standard deviation of ``metric`` over its finished runs, the change of the mean
+    against the previous rung that ran, and the mean time per run."""
+    rows, previous = [], None
+    for p in plan:
+        mine = [r for r in runs if r["rung"] == p.rung.name]
+        values = [r[metric] for r in mine if r[metric] is not None]
+        times = [r["seconds"] for r in mine if r["seconds"] is not None]
+        mean = statistics.fmean(values) if values else None
+        rows.append({
+            "rung": p.rung.name, "skipped": p.skipped, "mean": mean,
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "delta": None if mean is None or previous is None else mean - previous,
+            "seconds": statistics.fmean(times) if times else None,
+            "runs": len(values), "failed": len(mine) - len(values), "paper": p.rung.paper,
+        })
+        previous = mean if mean is not None else previous
+    return rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def write_ablation(ladder: Ladder, plan: list[PlannedRung], runs: list[dict[str, Any]], exp: Path) -> None:
+    """``ablation.md``, ``ablation.csv`` and ``ablation.png`` in ``exp``; prints the table."""
+    metric = ladder.metric
+    with open(exp / "ablation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["rung", "seed", metric, "epochs", "seconds", "status", "path"])
+        writer.writeheader()
+        writer.writerows(sorted(runs, key=lambda r: ([p.rung.name for p in plan].index(r["rung"]), r["seed"])))
+    rows = summarize(plan, runs, metric)
+    lines = [f"| rung | {metric} mean | std | change | time / run | runs | paper |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if row["skipped"]:
+            lines.append(f"| {row['rung']} | skipped: {row['skipped']} | | | | | {_num(row['paper'], '.2f')} |")
+            continue
+        runs_text = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        lines.append(f"| {row['rung']} | {_num(row['mean'], '.2f')} | {_num(row['std'], '.2f')} | "
+                     f"{_num(row['delta'], '+.2f')} | {_time(row['seconds'])} | {runs_text} | "
+                     f"{_num(row['paper'], '.2f')} |")
+    text = [f"# Ablation {exp.name}: ladder {ladder.name}", "", ladder.description, "",
+            f"{metric} after the last epoch, mean and sample standard deviation over the seeds; change against the "
+            "rung above that ran; paper: the number the source reports for that row, for orientation.", "",
+            *lines, ""]
+    (exp / "ablation.md").write_text("\n".join(text))
+    _bar_chart(rows, metric, exp / "ablation.png", f"{ladder.name} ({exp.name})")
+    print("\n".join(text))
+
+
+def _bar_chart(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r["mean"] is not None]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(shown) + 2), 4))
+    ax.bar(range(len(shown)), [r["mean"] for r in shown], yerr=[r["std"] or 0.0 for r in shown], capsize=4,
+           color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(shown)), [r["rung"] for r in shown], rotation=30, ha="right")
+    low = min(r["mean"] - (r["std"] or 0.0) for r in shown) if shown else 0.0
+    high = max(r["mean"] + (r["std"] or 0.0) for r in shown) if shown else 1.0
+    ax.set_ylim(max(0.0, low - 0.1 * (high - low + 1e-9) - 0.5), high + 0.1 * (high - low + 1e-9) + 0.5)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
