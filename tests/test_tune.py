@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from timm_tricks.config import load_config
+from timm_tricks.config import ConfigError, load_config
 
 TINY = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.keep_checkpoints=1"]
 
@@ -147,3 +147,36 @@ def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_tri
         summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
         assert [r["epoch"] for r in summary] == ["0", "1", "2"], trial.name  # each epoch trained once
     assert (first / "run" / "metrics.json").stat().st_mtime_ns == finished  # the finished trial did not run again
+
+
+@pytest.mark.slow
+def test_a_trial_with_two_workers_runs_as_a_ray_train_run(tmp_path):
+    space = tmp_path / "one.yaml"
+    space.write_text("recipe: digits\nspace:\n  optim.lr: {choice: [0.1]}\n")
+    storage = tmp_path / "results"
+    _tune(["--space", str(space), "--num-samples", "1", "--epochs", "2", "--scheduler", "fifo", "--storage",
+           str(storage), "--name", "w2", "--workers-per-trial", "2", "--cpus-per-trial", "1",
+           *[a for o in TINY for a in ("--set", o)]], tmp_path)
+    (row,) = list(csv.DictReader(open(storage / "w2" / "trials.csv")))
+    assert row["status"] == "TERMINATED" and row["epochs"] == "2"
+    trial = storage / "w2" / row["path"].rsplit("/", 1)[-1]
+    ckpt = max((trial / "run" / "checkpoints").glob("ckpt-*"))
+    # two processes (accelerate saves one RNG state each) at 64 images each: 1438 // 128 = 11 steps an epoch
+    assert ckpt.name == "ckpt-000000022"
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert json.loads((trial / "run" / "metrics.json").read_text())["eval_count"] == 359
+    assert (trial / "ray_train").is_dir() and list(trial.glob("checkpoint_*"))  # Tune holds the epoch's checkpoint
+
+
+def test_shared_storage_is_read_from_the_mount_table(tmp_path):
+    from timm_tricks.tune import is_shared_storage, trial_workers
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n"
+                      "tmpfs /mnt/shared/scratch tmpfs rw 0 0\n")
+    assert is_shared_storage("/mnt/shared/tune/exp", mounts=str(mounts))
+    assert not is_shared_storage("/home/me/runs", mounts=str(mounts))
+    assert not is_shared_storage("/mnt/shared/scratch/x", mounts=str(mounts))  # the longest mount point wins
+    assert (trial_workers(0, None), trial_workers(1, None), trial_workers(4, None), trial_workers(0, 2)) == (1, 1, 4, 2)
+    with pytest.raises(ConfigError, match="does not split"):
+        trial_workers(3, 2)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import ConfigError
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
-from .tune import experiment_dir, fit, ray_session
+from .tune import experiment_dir, fit, ray_session, trial_workers
 
 
 def _slug(index: int, name: str) -> str:
@@ -30,7 +30,8 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
                  teacher_checkpoint: str | None = None, teacher_model: str | None = None,
                  gpus_per_trial: float = 0, cpus_per_trial: float = 1, max_concurrent: int | None = None,
                  address: str | None = None, storage: str | Path = "runs/ablate", name: str | None = None,
-                 resume: bool = False, max_failures: int = 2, download: bool = False) -> Path:
+                 resume: bool = False, max_failures: int = 2, download: bool = False,
+                 workers_per_trial: int | None = None) -> Path:
     """Train every rung of ``ladder`` with ``seeds`` seeds and write the table; return the ablation folder.
 
     Args:
@@ -40,7 +41,8 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
         teacher_checkpoint: Weights of the distilling rungs' teacher; None trains the ladder's teacher first.
         teacher_model: Replaces the model of the ladder's teacher (when it is trained here).
         gpus_per_trial: GPUs of one run; 0 leaves out the rungs that need a GPU (FP16).
-        cpus_per_trial, max_concurrent, address, storage, name, resume, max_failures, download: As for ``tune``.
+        cpus_per_trial, max_concurrent, address, storage, name, resume, max_failures, download, workers_per_trial:
+            As for :func:`timm_tricks.tune.run_search`.
     """
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
@@ -58,6 +60,7 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
     rung_dir = exp / "rungs"
     rung_dir.mkdir(parents=True, exist_ok=True)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    workers = trial_workers(gpus_per_trial, workers_per_trial)
     with ray_session(address, exp):
         if teacher is not None:
             teacher_file = rung_dir / "teacher.yaml"
@@ -65,7 +68,7 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
             print(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
             result = fit(exp / "teacher", dict(recipe=str(teacher_file), overrides=[], updates={}, download=download),
                          {}, resume=resume, metric=ladder.metric, mode="max", resources=resources,
-                         max_failures=max_failures)[0]
+                         workers=workers, max_failures=max_failures, local=address is None)[0]
             if result.error:
                 raise ConfigError(f"the teacher run failed ({result.path}): {result.error}")
             teacher_checkpoint = str(Path(result.path) / "run" / "model.safetensors")
@@ -87,7 +90,8 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
         base = dict(recipe=None, rungs=rungs, overrides=[], updates={}, download=download)
         space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(seeds)))}
         results = fit(exp / "grid", base, space, resume=resume, metric=ladder.metric, mode="max",
-                      max_concurrent=max_concurrent, resources=resources, max_failures=max_failures)
+                      max_concurrent=max_concurrent, resources=resources, workers=workers,
+                      max_failures=max_failures, local=address is None)
         names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
         runs = [dict(run_row(r, ladder.metric), rung=names[r.config["rung"]]) for r in results]
     write_ablation(ladder, plan, runs, exp)

@@ -185,7 +185,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                scheduler=args.scheduler, search=args.search, gpus_per_trial=args.gpus_per_trial,
                cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
                storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
-               seed=args.seed, download=args.download)
+               seed=args.seed, download=args.download, workers_per_trial=args.workers_per_trial)
     return 0
 
 
@@ -205,7 +205,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                  teacher_checkpoint=args.teacher_checkpoint, teacher_model=args.teacher_model,
                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                  max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, name=args.name,
-                 resume=args.resume, max_failures=args.max_failures, download=args.download)
+                 resume=args.resume, max_failures=args.max_failures, download=args.download,
+                 workers_per_trial=args.workers_per_trial)
     return 0
 
 
@@ -213,6 +214,8 @@ def _cluster_options(p: argparse.ArgumentParser, storage: str) -> None:
     """The Ray options ``tune`` and ``ablate`` share."""
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs of one trial (default 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs of one trial (default 1)")
+    p.add_argument("--workers-per-trial", type=int, help="processes of one trial, each a Ray Train worker "
+                                                         "(default: one per GPU when a trial has more than one)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
     p.add_argument("--address", help="join a Ray cluster: auto or ray://HOST:PORT (default: start Ray here)")
     p.add_argument("--storage", default=storage, help=f"results folder, shared by all nodes on a cluster "

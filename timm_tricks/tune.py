@@ -52,7 +52,9 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     config = dict(config)
     recipe = base["rungs"][config.pop("rung")] if "rung" in config else base["recipe"]
     cfg = load_config(recipe, base["overrides"], **deep_merge(base["updates"], nested(config)))
-    run = Path(tune.get_context().get_trial_dir()) / "run"
+    trial_dir = Path(tune.get_context().get_trial_dir())  # this node's staging copy of the trial folder
+    # Several workers (possibly on other nodes) share the run folder: it lives in the experiment's storage.
+    run = (Path(base["exp"]) / trial_dir.name if base.get("workers", 1) > 1 else trial_dir) / "run"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         shutil.rmtree(run, ignore_errors=True)  # a retry before the first checkpoint starts over
@@ -66,7 +68,75 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
         values["epoch"] = epoch + 1
         tune.report(values, checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None)
 
-    Trainer(cfg, run, resume=checkpoint is not None, download=base.get("download", False), callback=report).fit()
+    workers = base.get("workers", 1)
+    if workers > 1:
+        train_with_workers(cfg, run, resume=checkpoint is not None, workers=workers,
+                           resources=base.get("resources") or {}, download=base.get("download", False),
+                           report=report)
+    else:
+        Trainer(cfg, run, resume=checkpoint is not None, download=base.get("download", False), callback=report).fit()
+
+
+def train_with_workers(cfg: Any, run: Path, *, resume: bool, workers: int, resources: dict[str, float],
+                       download: bool, report: Any) -> None:
+    """Train ``cfg`` in ``run`` as a Ray Train (V2) run of ``workers`` processes, accelerate inside each.
+
+    Ray Train's ``TorchTrainer`` places the workers (one per GPU), sets the ``RANK`` / ``WORLD_SIZE`` /
+    ``LOCAL_RANK`` environment and the process group, which accelerate takes over as under ``torchrun``. The main
+    worker hands each epoch's metrics and checkpoint folder to this trial through a Ray queue, and the trial
+    reports them to Tune with the checkpoint, so retries, ``--resume`` and PBT work as for one-process trials
+    (Ray's ``TuneReportCallback`` would pass only the checkpoint's path). Ray Train's own retries are off: Tune
+    retries the trial from its checkpoint. ``run`` must be on storage every worker sees.
+    """
+    import threading
+
+    from ray import train
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    per_worker = {"CPU": resources.get("cpu", 1) / workers, "GPU": resources.get("gpu", 0) / workers}
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg.to_yaml(), "run": str(run), "resume": resume, "download": download,
+                           "queue": queue},
+        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=per_worker["GPU"] > 0,
+                                           resources_per_worker={k: v for k, v in per_worker.items() if v}),
+        run_config=train.RunConfig(name="ray_train", storage_path=str(run.parent),
+                                   failure_config=train.FailureConfig(max_failures=0)))
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # handed to the trial's thread below
+            failure.append(e)
+        finally:
+            queue.put(None)
+
+    thread = threading.Thread(target=fit, name="ray-train-run", daemon=True)
+    thread.start()
+    while (item := queue.get()) is not None:
+        epoch, metrics, ckpt = item
+        report(epoch, metrics, Path(ckpt) if ckpt else None)
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: the Trainer on this worker's share; the main process sends each epoch to the trial."""
+    from .config import from_dict
+    from .train import Trainer
+
+    queue = loop_config["queue"]
+    cfg = from_dict(yaml.safe_load(loop_config["config"]))
+
+    def send(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
+        queue.put((epoch, metrics, str(ckpt) if ckpt else None))
+
+    Trainer(cfg, Path(loop_config["run"]), resume=loop_config["resume"], download=loop_config["download"],
+            callback=send).fit()
 
 
 def _adopt(checkpoint: Any, folder: Path) -> bool:
@@ -103,7 +173,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
                num_samples: int = 8, scheduler: str = "asha", search: str = "optuna", gpus_per_trial: float = 0,
                cpus_per_trial: float = 1, max_concurrent: int | None = None, address: str | None = None,
                storage: str | Path = "runs/tune", name: str | None = None, resume: bool = False,
-               max_failures: int = 2, seed: int = 0, download: bool = False) -> Path:
+               max_failures: int = 2, seed: int = 0, download: bool = False, workers_per_trial: int | None = None
+               ) -> Path:
     """Run (or ``resume``) a search and write its report; return the experiment folder.
 
     Args:
@@ -114,6 +185,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         scheduler: ``asha`` (default), ``pbt`` or ``fifo`` (every trial to the full budget).
         search: ``optuna`` (seeded TPE, default) or ``random``; PBT always samples at random.
         gpus_per_trial, cpus_per_trial: Resources of one trial.
+        workers_per_trial: Processes of one trial (default: one per GPU when ``gpus_per_trial`` > 1, else one);
+            more than one makes each trial a Ray Train run.
         max_concurrent: Trials at once (default: as many as the resources allow).
         address: A Ray cluster to join (``auto`` or ``ray://host:port``); None starts Ray on this machine.
         storage: Results folder (shared storage when joining a cluster).
@@ -136,6 +209,7 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
             except ConfigError as e:
                 raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
                                   f"{str(recipe)!r}: {e}") from None
+    workers = trial_workers(gpus_per_trial, workers_per_trial)
     exp = experiment_dir(storage, name or space.name, resume)
     with ray_session(address, exp):
         base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
@@ -148,9 +222,22 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
                       num_samples=num_samples, search_alg=searcher, max_concurrent=max_concurrent,
                       scheduler=_scheduler(scheduler, space, base_cfg.train.epochs),
                       resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial}, max_failures=max_failures,
-                      keep_checkpoints=3 if scheduler == "pbt" else 1)
+                      workers=workers, keep_checkpoints=3 if scheduler == "pbt" else 1, local=address is None)
         write_report(results, space, exp)
     return exp
+
+
+def trial_workers(gpus_per_trial: float, workers_per_trial: int | None) -> int:
+    """Processes of one trial: as given, else one per GPU for a trial of more than one GPU, else one."""
+    if workers_per_trial is not None:
+        if workers_per_trial < 1:
+            raise ConfigError("--workers-per-trial must be at least 1")
+        if gpus_per_trial and gpus_per_trial % workers_per_trial:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} does not split over {workers_per_trial} workers")
+        return workers_per_trial
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: more than one GPU must be a whole number")
+    return int(gpus_per_trial) if gpus_per_trial > 1 else 1
 
 
 def experiment_dir(storage: str | Path, name: str, resume: bool) -> Path:
@@ -211,7 +298,8 @@ def is_shared_storage(path: Path, mounts: str = "/proc/mounts") -> bool:
 
 def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume: bool, metric: str, mode: str,
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None, max_concurrent: int | None = None,
-        resources: dict[str, float] | None = None, max_failures: int = 2, keep_checkpoints: int = 1) -> Any:
+        resources: dict[str, float] | None = None, workers: int = 1, max_failures: int = 2,
+        keep_checkpoints: int = 1, local: bool = True) -> Any:
     """Run ``trial_fn`` over ``param_space`` as the Tune experiment ``exp`` (or restore it), return the ResultGrid.
 
     ``base`` holds what every trial shares (recipe, overrides, updates); the searcher, scheduler and
@@ -221,10 +309,30 @@ def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume:
     saved that many checkpoints since the last snapshot (``_ExperimentCheckpointManager``), so the default of one
     makes a snapshot after every reported epoch and ``--resume`` after a killed driver loses at most the epoch in
     flight. PBT needs more: an exploiting trial loads its donor's checkpoint after the donor may have saved again.
+
+    With ``workers`` > 1 each trial is a Ray Train run of that many workers sharing ``resources``
+    (:func:`train_with_workers`); the trial itself then only waits on them and takes almost nothing, so the trials
+    at once default to as many as the cluster's GPUs (or CPUs) can hold. A ``local`` Ray (started here) must
+    hold one trial's resources, or a ConfigError says so.
     """
+    import ray
     from ray import tune
 
-    trainable = tune.with_parameters(tune.with_resources(trial_fn, resources or {"cpu": 1}), base=base)
+    resources = resources or {"cpu": 1}
+    base = dict(base, exp=str(exp), workers=workers, resources=resources)
+    trial_resources = resources
+    total = ray.cluster_resources()
+    for kind, extra in (("cpu", 0.01 if workers > 1 else 0.0), ("gpu", 0.0)):
+        # (not on a cluster, which may still be adding nodes: Ray waits for them)
+        if local and resources.get(kind, 0) + extra > total.get(kind.upper(), 0) + 1e-9:
+            raise ConfigError(f"a trial asks for {resources.get(kind, 0) + extra:g} {kind.upper()}s but the Ray "
+                              f"cluster has {total.get(kind.upper(), 0):g}: lower --{kind}s-per-trial")
+    if workers > 1:
+        trial_resources = {"cpu": 0.01}  # the trial only waits on its workers (Ray refuses 0)
+        if max_concurrent is None:
+            kind = "gpu" if resources.get("gpu") else "cpu"
+            max_concurrent = max(1, int(total.get(kind.upper(), 0) // max(resources.get(kind, 1), 1e-9)))
+    trainable = tune.with_parameters(tune.with_resources(trial_fn, trial_resources), base=base)
     if resume and exp.exists():
         if not tune.Tuner.can_restore(str(exp)):
             raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl): choose another --name")
