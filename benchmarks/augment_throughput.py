@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -39,10 +38,11 @@ import torchvision
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from docs_section import DOCS, cpu_model, publish  # noqa: E402  (benchmarks/ is the script's folder)
+
 from timm_tricks.augment import BatchAugment  # noqa: E402
 
 HEADING = "## Batched tensor augmentation (benchmarks/augment_throughput.py)"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SIZE, PADDING, CUTOUT = 32, 4, 8
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -116,16 +116,6 @@ def bench_device(device: torch.device, n: int, repeats: int, batch_size: int) ->
     return results
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _load() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -186,18 +176,6 @@ def section(command: str, args: argparse.Namespace, devices: list[torch.device],
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace this benchmark's section of ``path`` (from its heading to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=50_000, help="number of 32x32 images (default 50000)")
@@ -239,10 +217,7 @@ def main(argv: list[str] | None = None) -> None:
             all_results[f"{d}, {threads}"] = bench_device(d, args.n, args.repeats, args.batch_size)
     torch.set_num_threads(DEFAULT_THREADS)
     text = section(command.strip(), args, devices, all_results, (load_start, _load()))
-    print(text)
-    if args.write_docs:
-        write_docs(text)
-        print(f"wrote the section to {DOCS}", file=sys.stderr)
+    publish(HEADING, text, args.write_docs)
 
 
 if __name__ == "__main__":

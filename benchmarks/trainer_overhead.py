@@ -14,8 +14,6 @@ Part 2 (``--digits``): trains the ``digits`` recipe and reports its validation t
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,12 +22,12 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from docs_section import DOCS, machine, publish
 
 import timm_tricks  # noqa: F401
 from timm_tricks.config import load_config
 from timm_tricks.train import Trainer
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADING = "## Trainer overhead and the digits recipe (benchmarks/trainer_overhead.py)"
 
 
@@ -80,19 +78,6 @@ def run_digits() -> dict[str, float]:
         return {"top1": metrics["eval_top1"], "best_top1": metrics["best_top1"], "wall_s": time.perf_counter() - t0}
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}; nproc = {os.cpu_count()}; torch {torch.__version__}, timm {timm.__version__}, "
-            f"Python {platform.python_version()}; 1-minute load average at start {os.getloadavg()[0]:.2f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -122,18 +107,7 @@ def main() -> None:
                   f"(best {d['best_top1']:.2f}%), wall time {d['wall_s']:.0f} s including start-up "
                   "(target: at least 99% top-1).", ""]
     text = "\n".join(lines)
-    print(text)
-    if args.write_docs:
-        write_section(text)
-
-
-def write_section(text: str) -> None:
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if HEADING in old:
-        start = old.index(HEADING)
-        nxt = old.find("\n## ", start + len(HEADING))
-        old = old[:start] + (old[nxt + 1:] if nxt != -1 else "")
-    DOCS.write_text(old.rstrip() + "\n\n" + text.rstrip() + "\n")
+    publish(HEADING, text, args.write_docs)
 
 
 if __name__ == "__main__":

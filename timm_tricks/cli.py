@@ -185,7 +185,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                scheduler=args.scheduler, search=args.search, gpus_per_trial=args.gpus_per_trial,
                cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
                storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
-               seed=args.seed, download=args.download, workers_per_trial=args.workers_per_trial)
+               seed=args.seed, download=args.download, workers_per_trial=args.workers_per_trial,
+               grace_period=args.grace_period, reduction_factor=args.reduction_factor)
     return 0
 
 
@@ -268,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default="asha")
     p.add_argument("--search", choices=["optuna", "random"], default="optuna")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (1)")
+    p.add_argument("--reduction-factor", type=float, default=3, help="ASHA: keep 1/this of the trials at a cut (3)")
     p.add_argument("--name", help="experiment name (default: the space's name)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler or of the random sampling")
     _cluster_options(p, "runs/tune")
     p.set_defaults(func=cmd_tune)
 

@@ -264,17 +264,19 @@ def recipe_path(name_or_path: str | Path) -> Path:
     return named_yaml(name_or_path, RECIPE_DIR, "recipe")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (empty for an empty file); a ConfigError names the ``what`` and the file
+    when it cannot be read, is not YAML, or holds something else than a mapping."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe {str(path)!r}: {e}") from None
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{what} {str(path)!r} must be a mapping, got {type(data).__name__}")
     return data
 
 
@@ -284,7 +286,7 @@ def load_recipe_dict(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> 
     if path in _seen:
         chain = " -> ".join(p.stem for p in (*_seen, path))
         raise ConfigError(f"recipe base chain loops: {chain}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     base = data.pop("base", None)
     data.setdefault("name", path.stem)
     if base is None:

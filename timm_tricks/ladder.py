@@ -29,9 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, ConfigError, _unknown, all_keys, deep_merge, load_config, named_yaml, parse_overrides
+from .config import (
+    Config,
+    ConfigError,
+    _unknown,
+    all_keys,
+    deep_merge,
+    load_config,
+    named_yaml,
+    parse_overrides,
+    read_yaml_mapping,
+)
 from .tune_space import METRICS, nested
 
 LADDER_DIR = Path(__file__).parent / "ladders"
@@ -92,11 +100,8 @@ def load_ladder(name_or_path: str | Path) -> Ladder:
     """Load and validate a shipped ladder by name, or a YAML file by path."""
     path = named_yaml(name_or_path, LADDER_DIR, "ladder")
     where = f"ladder {str(path)!r}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read {where}: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("rungs"), list) or not data["rungs"]:
+    data = read_yaml_mapping(path, "ladder")
+    if not isinstance(data.get("rungs"), list) or not data["rungs"]:
         raise ConfigError(f"{where} needs a 'rungs:' list")
     if set(data) - set(TOP_KEYS):
         raise ConfigError(f"{where}: unknown entries {sorted(set(data) - set(TOP_KEYS))}; valid: {', '.join(TOP_KEYS)}")

@@ -52,9 +52,10 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     config = dict(config)
     recipe = base["rungs"][config.pop("rung")] if "rung" in config else base["recipe"]
     cfg = load_config(recipe, base["overrides"], **deep_merge(base["updates"], nested(config)))
-    trial_dir = Path(tune.get_context().get_trial_dir())  # this node's staging copy of the trial folder
-    # Several workers (possibly on other nodes) share the run folder: it lives in the experiment's storage.
-    run = (Path(base["exp"]) / trial_dir.name if base.get("workers", 1) > 1 else trial_dir) / "run"
+    # The run folder lives in the experiment's storage, not in the trial's staging folder on this node
+    # (``get_trial_dir``): Ray copies the staging folders to storage at every experiment snapshot, which would copy
+    # every checkpoint again and again, and the workers of a multi-worker trial may be on other nodes.
+    run = Path(base["exp"]) / Path(tune.get_context().get_trial_dir()).name / "run"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         shutil.rmtree(run, ignore_errors=True)  # a retry before the first checkpoint starts over
@@ -154,11 +155,18 @@ def _adopt(checkpoint: Any, folder: Path) -> bool:
     return True
 
 
-def _scheduler(name: str, space: SearchSpace, epochs: int) -> Any:
+def _scheduler(name: str, space: SearchSpace, epochs: int, grace_period: int = 1, reduction_factor: float = 3) -> Any:
+    """Ray's scheduler for ``name``, counting epochs (one report each).
+
+    ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020) keeps the best
+    1/``reduction_factor`` of the trials at each rung (after ``grace_period``, then x ``reduction_factor`` epochs);
+    the default 3 is the eta that Hyperband (Li et al., JMLR 2018) recommends.
+    """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace_period,
+                             reduction_factor=reduction_factor)
     if name == "pbt":
         mutations = {k: v for k, v in space.to_tune().items() if k in PBT_KEYS}
         if not mutations:
@@ -173,8 +181,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
                num_samples: int = 8, scheduler: str = "asha", search: str = "optuna", gpus_per_trial: float = 0,
                cpus_per_trial: float = 1, max_concurrent: int | None = None, address: str | None = None,
                storage: str | Path = "runs/tune", name: str | None = None, resume: bool = False,
-               max_failures: int = 2, seed: int = 0, download: bool = False, workers_per_trial: int | None = None
-               ) -> Path:
+               max_failures: int = 2, seed: int = 0, download: bool = False, workers_per_trial: int | None = None,
+               callbacks: list[Any] | None = None, grace_period: int = 1, reduction_factor: float = 3) -> Path:
     """Run (or ``resume``) a search and write its report; return the experiment folder.
 
     Args:
@@ -183,6 +191,7 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         overrides, updates: Fixed config changes applied before the sampled values.
         num_samples: Trials to run.
         scheduler: ``asha`` (default), ``pbt`` or ``fifo`` (every trial to the full budget).
+        grace_period, reduction_factor: ASHA's epochs before the first cut, and 1 / the share it keeps at a cut.
         search: ``optuna`` (seeded TPE, default) or ``random``; PBT always samples at random.
         gpus_per_trial, cpus_per_trial: Resources of one trial.
         workers_per_trial: Processes of one trial (default: one per GPU when ``gpus_per_trial`` > 1, else one);
@@ -193,9 +202,12 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         name: Experiment name (default: the space's name).
         resume: Continue a killed search in ``storage/name``.
         max_failures: Retries of a crashed trial, each from its last checkpoint.
-        seed: Seed of the Optuna sampler.
+        seed: Seed of the Optuna sampler, or of the random sampling.
         download: Let CIFAR / timm data sets download.
+        callbacks: ``ray.tune.Callback`` objects for the driver (the benchmarks time trials with one).
     """
+    if grace_period < 1 or reduction_factor <= 1:
+        raise ConfigError("--grace-period must be at least 1 and --reduction-factor above 1")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if search not in SEARCHERS:
@@ -213,16 +225,17 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
     exp = experiment_dir(storage, name or space.name, resume)
     with ray_session(address, exp):
         base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
-        searcher = None
+        searcher = None  # seeded random sampling (fit's default)
         if search == "optuna" and scheduler != "pbt":
             from ray.tune.search.optuna import OptunaSearch
 
             searcher = OptunaSearch(seed=seed)
         results = fit(exp, base, space.to_tune(), resume=resume, metric=space.metric, mode=space.mode,
                       num_samples=num_samples, search_alg=searcher, max_concurrent=max_concurrent,
-                      scheduler=_scheduler(scheduler, space, base_cfg.train.epochs),
+                      scheduler=_scheduler(scheduler, space, base_cfg.train.epochs, grace_period, reduction_factor),
                       resources={"cpu": cpus_per_trial, "gpu": gpus_per_trial}, max_failures=max_failures,
-                      workers=workers, keep_checkpoints=3 if scheduler == "pbt" else 1, local=address is None)
+                      workers=workers, keep_checkpoints=3 if scheduler == "pbt" else 1, local=address is None,
+                      callbacks=callbacks, seed=seed)
         write_report(results, space, exp)
     return exp
 
@@ -242,6 +255,9 @@ def trial_workers(gpus_per_trial: float, workers_per_trial: int | None) -> int:
 
 def experiment_dir(storage: str | Path, name: str, resume: bool) -> Path:
     """``storage/name``, absolute (Ray requires it); it must be new unless ``resume``, and exist if ``resume``."""
+    if "://" in str(storage):
+        raise ConfigError(f"--storage {str(storage)!r}: give a folder (on a cluster, one every node mounts, such as "
+                          "NFS or EFS); cloud URIs are not supported yet")
     exp = Path(storage).expanduser().resolve() / name
     if exp.exists() and not resume:
         raise ConfigError(f"{str(exp)!r} already exists; pass --resume to continue it or choose another --name")
@@ -299,11 +315,13 @@ def is_shared_storage(path: Path, mounts: str = "/proc/mounts") -> bool:
 def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume: bool, metric: str, mode: str,
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None, max_concurrent: int | None = None,
         resources: dict[str, float] | None = None, workers: int = 1, max_failures: int = 2,
-        keep_checkpoints: int = 1, local: bool = True) -> Any:
+        keep_checkpoints: int = 1, local: bool = True, callbacks: list[Any] | None = None, seed: int = 0) -> Any:
     """Run ``trial_fn`` over ``param_space`` as the Tune experiment ``exp`` (or restore it), return the ResultGrid.
 
     ``base`` holds what every trial shares (recipe, overrides, updates); the searcher, scheduler and
-    concurrency are set only on a new experiment, a restored one keeps its own.
+    concurrency are set only on a new experiment, a restored one keeps its own. Without a ``search_alg`` the
+    trials are drawn at random (and grids expanded) by Ray's ``BasicVariantGenerator`` seeded with ``seed``, so
+    the same seed gives the same trials whatever the scheduler.
 
     ``keep_checkpoints`` is Tune's ``num_to_keep`` per trial. Tune snapshots the experiment each time a trial has
     saved that many checkpoints since the last snapshot (``_ExperimentCheckpointManager``), so the default of one
@@ -333,6 +351,11 @@ def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume:
             kind = "gpu" if resources.get("gpu") else "cpu"
             max_concurrent = max(1, int(total.get(kind.upper(), 0) // max(resources.get(kind, 1), 1e-9)))
     trainable = tune.with_parameters(tune.with_resources(trial_fn, trial_resources), base=base)
+    if search_alg is None:  # (Tune ignores max_concurrent_trials for a generator: it takes the limit itself)
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=seed)
+        max_concurrent = None
     if resume and exp.exists():
         if not tune.Tuner.can_restore(str(exp)):
             raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl): choose another --name")
@@ -343,7 +366,7 @@ def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume:
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
                                         max_concurrent_trials=max_concurrent, scheduler=scheduler),
-            run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=0,
+            run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints)))
     return tuner.fit()

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, ConfigError, _check, _coerce, _unknown, all_keys, named_yaml
+from .config import Config, ConfigError, _check, _coerce, _unknown, all_keys, named_yaml, read_yaml_mapping
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 METRICS = ("eval_top1", "eval_top5", "eval_loss", "train_loss")
@@ -134,11 +132,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     """Load and validate a shipped space by name, or a YAML file by path."""
     path = named_yaml(name_or_path, space_dir(), "search space")
     where = f"search space {str(path)!r}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read {where}: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not data["space"]:
+    data = read_yaml_mapping(path, "search space")
+    if not isinstance(data.get("space"), dict) or not data["space"]:
         raise ConfigError(f"{where} needs a 'space:' mapping of config keys to distributions")
     unknown_top = set(data) - {"recipe", "metric", "mode", "space"}
     if unknown_top:
