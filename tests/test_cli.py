@@ -70,3 +70,24 @@ def test_console_script_and_module_entry_points():
     assert proc.returncode == 2 and "unknown recipe 'bad_recipe'" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablate"], "ablate needs --ladder"),
+    (["ablate", "--ladder", "nope"], "unknown ladder 'nope'. Valid: bag_of_tricks, myrtle_resnet9"),
+    (["ablate", "--ladder", "bag_of_tricks", "--seeds", "0"], "--seeds must be at least 1"),
+    (["tune", "--space", "digits", "--storage", "s3://bucket/tune"], "cloud URIs are not supported"),
+    (["tune", "--space", "digits", "--reduction-factor", "1"], "--reduction-factor above 1"),
+    (["tune", "--space", "digits", "--gpus-per-trial", "3", "--workers-per-trial", "2"], "does not split"),
+])
+def test_search_and_ablation_mistakes_exit_2_before_ray_starts(tmp_path, capsys, argv, message):
+    assert main([*argv, "--storage", str(tmp_path / "r")] if "--storage" not in argv and argv[1:] else argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_ablate_lists_the_shipped_ladders(capsys):
+    assert main(["ablate", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["bag_of_tricks", "myrtle_resnet9"]
+    assert "10 rungs" in lines[0]
