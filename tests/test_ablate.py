@@ -90,9 +90,9 @@ def _table(text):
 def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
     storage = tmp_path / "results"
     args = ["ablate", "--ladder", "bag_of_tricks", "--data", "digits", "--model", "resnet18d_tricks",
-            "--teacher-model", "resnet18d_tricks", "--epochs", "2", "--batch-size", "128", "--seeds", "2",
+            "--teacher-model", "resnet18d_tricks", "--epochs", "1", "--batch-size", "128", "--seeds", "2",
             "--storage", str(storage), "--name", "tiny", "--set", "data.image_size=16",
-            "--set", "schedule.warmup_epochs=1", "--set", "train.keep_checkpoints=1", "--set", "augment.train=none"]
+            "--set", "schedule.warmup_epochs=0", "--set", "train.keep_checkpoints=1", "--set", "augment.train=none"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", *args], capture_output=True, text=True, env=env,
                           timeout=900)
@@ -102,7 +102,7 @@ def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
     ran = ["baseline", "+ linear scaling and warmup", "+ zero gamma", "+ no bias decay", "+ cosine",
            "+ label smoothing", "+ distillation", "+ mixup"]
     assert [r["rung"] for r in runs] == [name for name in ran for _ in range(2)]
-    assert all(r["status"] == "TERMINATED" and r["epochs"] == "2" for r in runs)
+    assert all(r["status"] == "TERMINATED" and r["epochs"] == "1" for r in runs)
     table = _table((exp / "ablation.md").read_text())
     assert list(table) == ran[:4] + ["+ FP16", "+ ResNet-D"] + ran[4:]
     assert table["+ FP16"][0] == "skipped: needs a GPU (--gpus-per-trial)"
