@@ -27,7 +27,8 @@ def machine() -> str:
     import torch
 
     return (f"{cpu_model()}; nproc = {os.cpu_count()}; torch {torch.__version__}, timm {timm.__version__}, "
-            f"Python {platform.python_version()}; 1-minute load average at start {os.getloadavg()[0]:.2f}")
+            f"Python {platform.python_version()}; 1-minute load average at start "
+            f"{os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.2f}")
 
 
 def write_section(heading: str, text: str, path: Path = DOCS) -> None:

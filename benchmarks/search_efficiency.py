@@ -2,7 +2,8 @@
 
 Both searches draw the same ``--num-samples`` configurations from ``tune_spaces/digits.yaml`` (seeded random
 sampling, so the two schedulers judge identical trials), with an ``--epochs`` budget per trial. FIFO trains every
-trial to the budget; ASHA (grace 1 epoch, reduction factor 2, as ``timm-tricks tune`` sets it) stops the weak ones.
+trial to the budget; ASHA (grace period and reduction factor as ``timm-tricks tune`` sets them: 1 epoch and 3, or
+``--grace-periods`` / ``--reduction-factor``) stops the weak ones.
 Target (issue 4): ASHA's best top-1 within 0.5 points of FIFO's, with at most 40% of FIFO's epochs.
 
 Ray's overhead per trial is the trial's wall time, from Tune starting it to Tune recording it complete (a driver

@@ -180,3 +180,28 @@ def test_shared_storage_is_read_from_the_mount_table(tmp_path):
     assert (trial_workers(0, None), trial_workers(1, None), trial_workers(4, None), trial_workers(0, 2)) == (1, 1, 4, 2)
     with pytest.raises(ConfigError, match="does not split"):
         trial_workers(3, 2)
+
+
+def test_resume_keeps_the_first_runs_options_and_a_refused_start_leaves_nothing(tmp_path):
+    from timm_tricks.tune import OPTIONS_FILE, experiment_guard
+
+    exp = tmp_path / "exp"
+    first = {"recipe": "digits", "overrides": ["train.epochs=3"], "gpus_per_trial": 0}
+    with experiment_guard(exp, first, resume=False):
+        (exp / "trial").mkdir()
+    assert json.loads((exp / OPTIONS_FILE).read_text()) == first
+    with experiment_guard(exp, dict(first), resume=True):  # the same options resume
+        pass
+    with pytest.raises(ConfigError, match=r"these differ: overrides: \['train.epochs=3'\] then, \['train.epochs=5'\]"):
+        with experiment_guard(exp, dict(first, overrides=["train.epochs=5"]), resume=True):
+            pass
+    assert (exp / "trial").is_dir()  # a refused resume touches nothing
+    # a check that fails after the start (inside the block) removes a folder this call created, and only that
+    with pytest.raises(ConfigError):
+        with experiment_guard(tmp_path / "new", first, resume=False):
+            raise ConfigError("a trial asks for 4 CPUs")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError):
+        with experiment_guard(exp, first, resume=True):
+            raise ConfigError("a trial asks for 4 CPUs")
+    assert (exp / "trial").is_dir()

@@ -19,7 +19,8 @@ from typing import Any
 
 from .config import ConfigError
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
-from .tune import experiment_dir, fit, ray_session, trial_workers
+from .train import TrainingError
+from .tune import experiment_dir, experiment_guard, fit, ray_session, result_summary, trial_workers
 
 
 def _slug(index: int, name: str) -> str:
@@ -56,21 +57,25 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
         teacher = teacher_config(ladder, overrides=overrides, updates=updates, gpu=gpu, model=teacher_model)
     if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
         raise ConfigError(f"--teacher-checkpoint {teacher_checkpoint!r} is not a file")
-    exp = experiment_dir(storage, name or ladder.name, resume)
-    rung_dir = exp / "rungs"
-    rung_dir.mkdir(parents=True, exist_ok=True)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     workers = trial_workers(gpus_per_trial, workers_per_trial)
-    with ray_session(address, exp):
+    exp = experiment_dir(storage, name or ladder.name, resume)
+    options = dict(ladder=repr(ladder), overrides=list(overrides), updates=updates, seeds=seeds,
+                   teacher_checkpoint=teacher_checkpoint, teacher_model=teacher_model, gpus_per_trial=gpus_per_trial,
+                   cpus_per_trial=cpus_per_trial, workers=workers)
+    rung_dir = exp / "rungs"
+    with experiment_guard(exp, options, resume), ray_session(address, exp):
+        rung_dir.mkdir(exist_ok=True)
         if teacher is not None:
             teacher_file = rung_dir / "teacher.yaml"
             teacher_file.write_text(teacher.to_yaml())
             print(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
             result = fit(exp / "teacher", dict(recipe=str(teacher_file), overrides=[], updates={}, download=download),
-                         {}, resume=resume, metric=ladder.metric, mode="max", resources=resources,
+                         {}, resume=resume, metric=ladder.metric, mode=ladder.mode, resources=resources,
                          workers=workers, max_failures=max_failures, local=address is None)[0]
             if result.error:
-                raise ConfigError(f"the teacher run failed ({result.path}): {result.error}")
+                first_line = str(result.error).strip().splitlines()[0] if str(result.error).strip() else "an error"
+                raise TrainingError(f"the teacher run failed ({first_line}); its log: {result.path}/error.txt")
             teacher_checkpoint = str(Path(result.path) / "run" / "model.safetensors")
         rungs = {}
         for index, p in enumerate(plan):
@@ -89,7 +94,7 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
 
         base = dict(recipe=None, rungs=rungs, overrides=[], updates={}, download=download)
         space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(seeds)))}
-        results = fit(exp / "grid", base, space, resume=resume, metric=ladder.metric, mode="max",
+        results = fit(exp / "grid", base, space, resume=resume, metric=ladder.metric, mode=ladder.mode,
                       max_concurrent=max_concurrent, resources=resources, workers=workers,
                       max_failures=max_failures, local=address is None)
         names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
@@ -102,9 +107,8 @@ def run_row(result: Any, metric: str) -> dict[str, Any]:
     """One grid run: its rung and seed, the metric after its last epoch, its training time and status."""
     last = result.metrics or {}
     return {"rung": result.config["rung"], "seed": result.config["train.seed"],
-            metric: last.get(metric) if not result.error else None,
-            "epochs": last.get("epoch", 0), "seconds": last.get("time_total_s"),
-            "status": "ERROR" if result.error else "TERMINATED", "path": str(result.path)}
+            metric: last.get(metric) if not result.error else None, "seconds": last.get("time_total_s"),
+            **result_summary(result)}
 
 
 def summarize(plan: list[PlannedRung], runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

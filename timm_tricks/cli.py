@@ -201,13 +201,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if not args.ladder:
         raise UserError("ablate needs --ladder NAME|PATH (see 'timm-tricks ablate --list')")
+    from .train import TrainingError
+
     ladder = load_ladder(args.ladder)
-    run_ablation(ladder, overrides=args.set, updates=flag_updates(args), seeds=args.seeds,
-                 teacher_checkpoint=args.teacher_checkpoint, teacher_model=args.teacher_model,
-                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                 max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, name=args.name,
-                 resume=args.resume, max_failures=args.max_failures, download=args.download,
-                 workers_per_trial=args.workers_per_trial)
+    try:
+        run_ablation(ladder, overrides=args.set, updates=flag_updates(args), seeds=args.seeds,
+                     teacher_checkpoint=args.teacher_checkpoint, teacher_model=args.teacher_model,
+                     gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                     max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, name=args.name,
+                     resume=args.resume, max_failures=args.max_failures, download=args.download,
+                     workers_per_trial=args.workers_per_trial)
+    except TrainingError as e:
+        print(f"timm-tricks: ablation stopped: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

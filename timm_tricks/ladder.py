@@ -25,6 +25,7 @@ and marks a rung skipped when the options make it identical to the rung before i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,11 @@ class Ladder:
     rungs: tuple[Rung, ...]
     teacher_rung: str | None = None
     teacher_changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        """Whether a higher metric is better (``max``: top-1, top-5) or a lower one (``min``: the losses)."""
+        return "min" if self.metric.endswith("loss") else "max"
 
 
 @dataclass
@@ -138,16 +144,24 @@ def _config(ladder: Ladder, changes: dict[str, Any], overrides: list[str], updat
     return load_config(ladder.recipe, [], **deep_merge(deep_merge(changes, parse_overrides(overrides)), updates))
 
 
+def _cumulative(ladder: Ladder, gpu: bool) -> Iterator[tuple[Rung, dict[str, Any]]]:
+    """Each rung with the changes of it and of every rung above it; a rung that needs a GPU adds nothing without."""
+    changes: dict[str, Any] = {}
+    for rung in ladder.rungs:
+        if not (rung.needs_gpu and not gpu):
+            changes = deep_merge(changes, nested(rung.changes))
+        yield rung, changes
+
+
 def plan_ladder(ladder: Ladder, *, overrides: list[str] = (), updates: dict[str, Any] | None = None,
                 gpu: bool = False) -> list[PlannedRung]:
     """One validated config per rung (None for a skipped rung, with the reason)."""
     updates = updates or {}
-    planned, changes, previous = [], {}, None
-    for rung in ladder.rungs:
+    planned, previous = [], None
+    for rung, changes in _cumulative(ladder, gpu):
         if rung.needs_gpu and not gpu:
             planned.append(PlannedRung(rung, None, "needs a GPU (--gpus-per-trial)"))
             continue
-        changes = deep_merge(changes, nested(rung.changes))
         try:
             cfg = _config(ladder, changes, list(overrides), updates)
         except ConfigError as e:
@@ -163,15 +177,11 @@ def plan_ladder(ladder: Ladder, *, overrides: list[str] = (), updates: dict[str,
 def teacher_config(ladder: Ladder, *, overrides: list[str] = (), updates: dict[str, Any] | None = None,
                    gpu: bool = False, model: str | None = None) -> Config:
     """The teacher of the distilling rungs: the ladder's ``teacher.rung`` with ``teacher.set`` (``model`` replaces
-    its model). The command's options apply as to every rung, except ``--model``, which names the student."""
+    its model). The command's options apply as to every rung (``--set model.name=...`` too), except ``--model``,
+    which names the student."""
     if ladder.teacher_rung is None:
         raise ConfigError(f"ladder {ladder.name!r} has a distilling rung but no 'teacher:'; pass --teacher-checkpoint")
-    changes: dict[str, Any] = {}
-    for rung in ladder.rungs:
-        if not (rung.needs_gpu and not gpu):
-            changes = deep_merge(changes, nested(rung.changes))
-        if rung.name == ladder.teacher_rung:
-            break
+    changes = next(c for rung, c in _cumulative(ladder, gpu) if rung.name == ladder.teacher_rung)
     changes = deep_merge(changes, nested(ladder.teacher_changes))
     student_flags = {k: v for k, v in (updates or {}).items() if k != "model"}
     if model:

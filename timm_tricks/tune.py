@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,11 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     config = dict(config)
     recipe = base["rungs"][config.pop("rung")] if "rung" in config else base["recipe"]
     cfg = load_config(recipe, base["overrides"], **deep_merge(base["updates"], nested(config)))
-    # The run folder lives in the experiment's storage, not in the trial's staging folder on this node
-    # (``get_trial_dir``): Ray copies the staging folders to storage at every experiment snapshot, which would copy
-    # every checkpoint again and again, and the workers of a multi-worker trial may be on other nodes.
+    # The run folder lives in the experiment's storage, not in the trial's staging folder (``get_trial_dir``,
+    # under /tmp/ray/session_*): a restored experiment gets new, empty staging folders; on the driver's node the
+    # staging folders sit inside the driver's, which Ray copies to storage whole at every experiment snapshot
+    # (one such copy failed on a half-written checkpoint); and the workers of a multi-worker trial may be on
+    # other nodes.
     run = Path(base["exp"]) / Path(tune.get_context().get_trial_dir()).name / "run"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -84,10 +87,11 @@ def train_with_workers(cfg: Any, run: Path, *, resume: bool, workers: int, resou
 
     Ray Train's ``TorchTrainer`` places the workers (one per GPU), sets the ``RANK`` / ``WORLD_SIZE`` /
     ``LOCAL_RANK`` environment and the process group, which accelerate takes over as under ``torchrun``. The main
-    worker hands each epoch's metrics and checkpoint folder to this trial through a Ray queue, and the trial
-    reports them to Tune with the checkpoint, so retries, ``--resume`` and PBT work as for one-process trials
-    (Ray's ``TuneReportCallback`` would pass only the checkpoint's path). Ray Train's own retries are off: Tune
-    retries the trial from its checkpoint. ``run`` must be on storage every worker sees.
+    worker hands each epoch's metrics and checkpoint folder to this trial through a Ray queue and waits until the
+    trial has reported them to Tune with the checkpoint (as ``tune.report`` holds a one-process trial), so
+    retries, ``--resume``, ASHA and PBT work as for one-process trials (Ray's ``TuneReportCallback`` would pass
+    only the checkpoint's path). Ray Train's own retries are off: Tune retries the trial from its checkpoint.
+    ``run`` must be on storage every worker sees.
     """
     import threading
 
@@ -96,11 +100,12 @@ def train_with_workers(cfg: Any, run: Path, *, resume: bool, workers: int, resou
     from ray.util.queue import Queue
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    reported = Queue(maxsize=1, actor_options={"num_cpus": 0})
     per_worker = {"CPU": resources.get("cpu", 1) / workers, "GPU": resources.get("gpu", 0) / workers}
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"config": cfg.to_yaml(), "run": str(run), "resume": resume, "download": download,
-                           "queue": queue},
+                           "queue": queue, "reported": reported},
         scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=per_worker["GPU"] > 0,
                                            resources_per_worker={k: v for k, v in per_worker.items() if v}),
         run_config=train.RunConfig(name="ray_train", storage_path=str(run.parent),
@@ -120,6 +125,7 @@ def train_with_workers(cfg: Any, run: Path, *, resume: bool, workers: int, resou
     while (item := queue.get()) is not None:
         epoch, metrics, ckpt = item
         report(epoch, metrics, Path(ckpt) if ckpt else None)
+        reported.put(epoch)  # the main worker may go on (and prune the checkpoint Tune has copied by now)
     thread.join()
     if failure:
         raise failure[0]
@@ -130,11 +136,12 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     from .config import from_dict
     from .train import Trainer
 
-    queue = loop_config["queue"]
+    queue, reported = loop_config["queue"], loop_config["reported"]
     cfg = from_dict(yaml.safe_load(loop_config["config"]))
 
     def send(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
         queue.put((epoch, metrics, str(ckpt) if ckpt else None))
+        reported.get()  # held until Tune has the epoch, as a one-process trial is held by tune.report
 
     Trainer(cfg, Path(loop_config["run"]), resume=loop_config["resume"], download=loop_config["download"],
             callback=send).fit()
@@ -214,6 +221,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         raise ConfigError(f"unknown search {search!r}; valid: {', '.join(SEARCHERS)}")
     updates = updates or {}
     base_cfg = load_config(recipe, list(overrides), **updates)  # fail early on a bad recipe or override
+    if scheduler == "asha" and grace_period > base_cfg.train.epochs:
+        raise ConfigError(f"--grace-period {grace_period} is longer than the {base_cfg.train.epochs} epochs of a trial")
     for dim in space.dimensions:  # every value the space can sample must give a valid config with this recipe
         for value in dim.values_to_check():
             try:
@@ -223,7 +232,11 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
                                   f"{str(recipe)!r}: {e}") from None
     workers = trial_workers(gpus_per_trial, workers_per_trial)
     exp = experiment_dir(storage, name or space.name, resume)
-    with ray_session(address, exp):
+    options = dict(space=space.name, dimensions=space.to_tune(), recipe=str(recipe), overrides=list(overrides),
+                   updates=updates, num_samples=num_samples, scheduler=scheduler, search=search, seed=seed,
+                   grace_period=grace_period, reduction_factor=reduction_factor, gpus_per_trial=gpus_per_trial,
+                   cpus_per_trial=cpus_per_trial, workers=workers)
+    with experiment_guard(exp, options, resume), ray_session(address, exp):
         base = dict(recipe=str(recipe), overrides=list(overrides), updates=updates, download=download)
         searcher = None  # seeded random sampling (fit's default)
         if search == "optuna" and scheduler != "pbt":
@@ -266,12 +279,48 @@ def experiment_dir(storage: str | Path, name: str, resume: bool) -> Path:
     return exp
 
 
+OPTIONS_FILE = "timm_tricks_options.json"
+
+
+@contextlib.contextmanager
+def experiment_guard(exp: Path, options: dict[str, Any], resume: bool) -> Iterator[None]:
+    """Keep a search or an ablation to the options it started with, and leave no folder behind a refused start.
+
+    The first run writes ``options`` (what shapes the trials: recipe, overrides, space or ladder, resources) to
+    ``exp/timm_tricks_options.json``; ``--resume`` with other options is refused, naming them, since restored
+    trials would otherwise continue their checkpoints under another config. A ConfigError raised inside the block
+    (a check after Ray has started) removes ``exp``, and the folders above it, if this call created them.
+    """
+    path = exp / OPTIONS_FILE
+    now = json.loads(json.dumps(options, sort_keys=True, default=str))
+    if resume and path.exists():
+        first = json.loads(path.read_text())
+        differ = sorted(k for k in set(first) | set(now) if first.get(k) != now.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {first.get(k)!r} then, {now.get(k)!r} now" for k in differ)
+            raise ConfigError(f"--resume must repeat the options {str(exp)!r} started with; these differ: {details}")
+    created = None if exp.exists() else exp  # the top-most folder this call creates
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    exp.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
+    try:
+        yield
+    except ConfigError:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, storage: Path) -> Iterator[None]:
     """Start Ray on this machine (``address`` None) or join a cluster, and shut it down afterwards.
 
-    On a cluster of more than one node, ``storage`` must be seen by every node: a ConfigError says so when it is
-    on a local file system of this machine.
+    On a cluster, ``storage`` must be seen by every node. When it is on a local file system of this machine (by
+    the mount table) a ConfigError says so if the cluster has more than one node, and a warning if it has one
+    node so far (an autoscaling cluster adds its workers later). ``TIMM_TRICKS_SHARED_STORAGE=1`` vouches for a
+    file system the mount table does not show as shared.
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -282,11 +331,17 @@ def ray_session(address: str | None, storage: Path) -> Iterator[None]:
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) > 1 and not is_shared_storage(storage):
-            raise ConfigError(f"--storage {str(storage.parent)!r} is on a local disk of this machine, but the Ray "
-                              f"cluster has {len(nodes)} nodes: give a folder every node mounts (NFS, a cluster "
-                              "file system)")
+        vouched = os.environ.get("TIMM_TRICKS_SHARED_STORAGE") == "1"
+        if address and not vouched and not is_shared_storage(storage):
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            where = (f"--storage {str(storage.parent)!r} is on a local disk of this machine (not a network file "
+                     "system by /proc/mounts)")
+            if nodes > 1:
+                raise ConfigError(f"{where}, but the Ray cluster has {nodes} nodes: give a folder every node mounts "
+                                  "(NFS, EFS, a cluster file system), or set TIMM_TRICKS_SHARED_STORAGE=1 if it is "
+                                  "shared after all")
+            print(f"timm-tricks: warning: {where}; trials on nodes that join later will not see it",
+                  file=sys.stderr)
         yield
     finally:
         ray.shutdown()
@@ -382,17 +437,18 @@ def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
         if df is not None and metric in df:
             series = df[metric].dropna()
             best = (series.max() if space.mode == "max" else series.min()) if len(series) else None
-        rows.append({
-            **{k: r.config.get(k) for k in space.keys()},
-            f"best_{metric}": None if best is None else float(best),
-            "epochs": int(r.metrics.get("epoch", 0)) if r.metrics else 0,
-            "status": "ERROR" if r.error else "TERMINATED",
-            "path": str(r.path),
-        })
+        rows.append({**{k: r.config.get(k) for k in space.keys()}, f"best_{metric}": None if best is None else
+                     float(best), **result_summary(r)})
     key = f"best_{space.metric}"
     sign = -1 if space.mode == "max" else 1
     rows.sort(key=lambda row: (row[key] is None, sign * (row[key] or 0)))
     return rows
+
+
+def result_summary(result: Any) -> dict[str, Any]:
+    """Epochs a Tune result trained, its status and its folder."""
+    return {"epochs": int((result.metrics or {}).get("epoch", 0)), "status": "ERROR" if result.error else
+            "TERMINATED", "path": str(result.path)}
 
 
 def write_report(results: Any, space: SearchSpace, exp: Path) -> list[dict[str, Any]]:
