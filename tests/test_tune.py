@@ -138,6 +138,9 @@ def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_tri
     finished = (first / "run" / "metrics.json").stat().st_mtime_ns
     assert not (exp / "trials.csv").exists()
 
+    epochs_4 = args[:5] + ["4"] + args[6:]  # --epochs 4 instead of 3
+    other = _tune([*epochs_4, "--resume"], tmp_path, check=False)
+    assert other.returncode == 2 and "these differ: updates" in other.stderr  # refused, nothing touched
     _tune([*args, "--resume"], tmp_path)
     rows = list(csv.DictReader(open(exp / "trials.csv")))
     assert len(rows) == 3 and all(r["status"] == "TERMINATED" and r["epochs"] == "3" for r in rows)

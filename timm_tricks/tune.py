@@ -232,7 +232,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
                                   f"{str(recipe)!r}: {e}") from None
     workers = trial_workers(gpus_per_trial, workers_per_trial)
     exp = experiment_dir(storage, name or space.name, resume)
-    options = dict(space=space.name, dimensions=space.to_tune(), recipe=str(recipe), overrides=list(overrides),
+    options = dict(space=space.name, dimensions={d.key: [d.kind, *d.args] for d in space.dimensions},
+                   recipe=str(recipe), overrides=list(overrides),
                    updates=updates, num_samples=num_samples, scheduler=scheduler, search=search, seed=seed,
                    grace_period=grace_period, reduction_factor=reduction_factor, gpus_per_trial=gpus_per_trial,
                    cpus_per_trial=cpus_per_trial, workers=workers)
