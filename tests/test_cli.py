@@ -75,7 +75,8 @@ def test_console_script_and_module_entry_points():
 @pytest.mark.parametrize("argv, message", [
     (["ablate"], "ablate needs --ladder"),
     (["ablate", "--ladder", "nope"], "unknown ladder 'nope'. Valid: bag_of_tricks, myrtle_resnet9"),
-    (["ablate", "--ladder", "bag_of_tricks", "--seeds", "0"], "--seeds must be at least 1"),
+    (["ablate", "--ladder", "bag_of_tricks", "--seeds", "0"], "--seeds and --max-concurrent must be at least 1"),
+    (["tune", "--space", "digits", "--max-concurrent", "0"], "--max-concurrent must be at least 1"),
     (["tune", "--space", "digits", "--storage", "s3://bucket/tune"], "cloud URIs are not supported"),
     (["tune", "--space", "digits", "--reduction-factor", "1"], "--reduction-factor above 1"),
     (["tune", "--space", "digits", "--gpus-per-trial", "3", "--workers-per-trial", "2"], "does not split"),

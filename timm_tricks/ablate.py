@@ -45,8 +45,8 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
         cpus_per_trial, max_concurrent, address, storage, name, resume, max_failures, download, workers_per_trial:
             As for :func:`timm_tricks.tune.run_search`.
     """
-    if seeds < 1:
-        raise ConfigError("--seeds must be at least 1")
+    if seeds < 1 or (max_concurrent is not None and max_concurrent < 1):
+        raise ConfigError("--seeds and --max-concurrent must be at least 1")
     updates = updates or {}
     gpu = gpus_per_trial > 0
     plan = plan_ladder(ladder, overrides=overrides, updates=updates, gpu=gpu)

@@ -193,6 +193,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import run_ablation
     from .ladder import list_ladders, load_ladder
+    from .train import TrainingError
 
     if args.list:
         for name in list_ladders():
@@ -201,8 +202,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if not args.ladder:
         raise UserError("ablate needs --ladder NAME|PATH (see 'timm-tricks ablate --list')")
-    from .train import TrainingError
-
     ladder = load_ladder(args.ladder)
     try:
         run_ablation(ladder, overrides=args.set, updates=flag_updates(args), seeds=args.seeds,

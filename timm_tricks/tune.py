@@ -63,8 +63,12 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     if checkpoint is None:
         shutil.rmtree(run, ignore_errors=True)  # a retry before the first checkpoint starts over
     elif not _adopt(checkpoint, run / "checkpoints"):
-        # Tune's snapshot names a checkpoint it has since replaced (the driver died between the two): this trial's
-        # own newest checkpoint in ``run`` is the one that replaced it.
+        if Path(checkpoint.path).parent.name != run.parent.name:
+            # a PBT donor's checkpoint pruned before this trial could load it: its own weights under the donor's
+            # mutated config would be a different experiment, so the trial fails (and Tune retries it)
+            raise RuntimeError(f"the checkpoint to exploit, {checkpoint.path}, no longer exists")
+        # Tune's snapshot names a checkpoint of this trial it has since replaced (the driver died between the two):
+        # the trial's own newest checkpoint in ``run`` is the one that replaced it.
         print(f"timm-tricks: checkpoint {checkpoint.path} is gone; resuming from {run / 'checkpoints'}")
 
     def report(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
@@ -213,6 +217,8 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
         download: Let CIFAR / timm data sets download.
         callbacks: ``ray.tune.Callback`` objects for the driver (the benchmarks time trials with one).
     """
+    if num_samples < 1 or (max_concurrent is not None and max_concurrent < 1):
+        raise ConfigError("--num-samples and --max-concurrent must be at least 1")
     if grace_period < 1 or reduction_factor <= 1:
         raise ConfigError("--grace-period must be at least 1 and --reduction-factor above 1")
     if scheduler not in SCHEDULERS:
