@@ -3,14 +3,16 @@
 Both searches draw the same ``--num-samples`` configurations from ``tune_spaces/digits.yaml`` (seeded random
 sampling, so the two schedulers judge identical trials), with an ``--epochs`` budget per trial. FIFO trains every
 trial to the budget; ASHA (grace period and reduction factor as ``timm-tricks tune`` sets them: 1 epoch and 3, or
-``--grace-periods`` / ``--reduction-factor``) stops the weak ones.
+``--grace-periods`` / ``--reduction-factor``; no trial judged before its warmup has ended) stops the weak ones.
+ASHA saves more the more trials it can compare: with 8 trials it let 3 through to the full budget (52% of FIFO's
+epochs), with 16 it trained 37% (docs/benchmarks.md), hence 16 by default.
 Target (issue 4): ASHA's best top-1 within 0.5 points of FIFO's, with at most 40% of FIFO's epochs.
 
 Ray's overhead per trial is the trial's wall time, from Tune starting it to Tune recording it complete (a driver
 callback), minus the time its epochs spent training and evaluating (the ``seconds`` each epoch reports): the
 actor's start and imports, building the model and data, checkpoints and reporting.
 
-    python benchmarks/search_efficiency.py --num-samples 8 --epochs 8 [--write-docs]
+    python benchmarks/search_efficiency.py [--num-samples 16] [--epochs 15] [--write-docs]
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def search(scheduler: str, args: argparse.Namespace, storage: Path, grace_period
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=16, help="trials of each search (16)")
+    parser.add_argument("--epochs", type=int, default=15, help="epoch budget of a trial (15, the digits recipe's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--grace-periods", default="1", help="ASHA grace periods to run, comma-separated (1)")

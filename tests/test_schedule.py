@@ -80,6 +80,15 @@ def test_rescale_epochs_stretches_warmup_and_knots():
     assert schedule_from_config(cfg, 10).warmup_steps == 20  # 1 warmup epoch at 15 -> 2 at 30
 
 
+def test_ramp_is_the_warmup_or_the_piecewise_rise():
+    assert LRSchedule("cosine", steps_per_epoch=3, epochs=10, warmup_epochs=2.5).ramp_epochs == 2.5
+    assert LRSchedule("step", steps_per_epoch=3, epochs=10, milestones=(5,)).ramp_epochs == 0.0
+    # Myrtle's knots peak at epoch 2 of 10, 4 of 20 when rescaled
+    assert schedule_from_config(load_config("myrtle_resnet9", ["train.epochs=20"]), 10).ramp_epochs == 4.0
+    falling = LRSchedule("piecewise", steps_per_epoch=1, epochs=10, knots=((0, 1.0), (10, 0.0)), warmup_epochs=1)
+    assert falling.ramp_epochs == 1.0
+
+
 def test_min_lr_is_absolute_after_linear_scaling():
     cfg = load_config("wider_resnet")
     s = schedule_from_config(cfg, steps_per_epoch=100)

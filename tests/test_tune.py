@@ -28,14 +28,20 @@ def _tune(args, tmp_path, check=True, env_extra=None):
 @pytest.mark.slow
 def test_search_writes_report_and_a_trainable_best_recipe(tmp_path):
     storage = tmp_path / "results"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"recipe": "digits", "metric": "eval_top1", "mode": "max", "space": {
+        "optim.lr": {"loguniform": [0.01, 1.0]}, "schedule.warmup_epochs": {"choice": [0, 2]}}}))
     # one trial at a time: seeded TPE and deterministic training make ASHA's decisions reproducible
-    proc = _tune(["--space", "digits", "--num-samples", "4", "--epochs", "3", "--storage", str(storage),
+    proc = _tune(["--space", str(space), "--num-samples", "5", "--epochs", "3", "--storage", str(storage),
                   "--name", "s1", "--max-concurrent", "1", *[a for o in TINY for a in ("--set", o)]], tmp_path)
     exp = storage / "s1"
     rows = list(csv.DictReader(open(exp / "trials.csv")))
-    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
-    epochs = [int(r["epochs"]) for r in rows]
-    assert max(epochs) == 3 and min(epochs) < 3  # ASHA stopped at least one trial early
+    assert len(rows) == 5 and all(r["status"] == "TERMINATED" for r in rows)
+    epochs = {int(r["schedule.warmup_epochs"]): [] for r in rows}
+    for r in rows:
+        epochs[int(r["schedule.warmup_epochs"])].append(int(r["epochs"]))
+    assert min(epochs[0]) < 3  # ASHA stopped a trial early at its first rung (epoch 1) ...
+    assert epochs[2] and set(epochs[2]) == {3}  # ... but none still warming up (rungs: epochs 1 and 3)
     scores = [float(r["best_eval_top1"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert "| optim.lr |" in proc.stdout and (exp / "report.md").is_file()

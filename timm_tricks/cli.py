@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default="asha")
     p.add_argument("--search", choices=["optuna", "random"], default="optuna")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (1)")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (1); "
+                                                                   "never before the trial's own warmup has ended")
     p.add_argument("--reduction-factor", type=float, default=3, help="ASHA: keep 1/this of the trials at a cut (3)")
     p.add_argument("--name", help="experiment name (default: the space's name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler or of the random sampling")

@@ -83,6 +83,18 @@ class LRSchedule:
         """Optimizer steps spent in linear warmup."""
         return round(self.warmup_epochs * self.steps_per_epoch)
 
+    @property
+    def ramp_epochs(self) -> float:
+        """Epochs before the multiplier first reaches its peak: the warmup, or a piecewise schedule's rise.
+
+        Until then a run's accuracy says little about its learning rate (ASHA waits this long, per trial).
+        """
+        rise = 0.0
+        if self.name == "piecewise":
+            top = max(k[1] for k in self.knots)
+            rise = next(k[0] for k in self.knots if k[1] == top)
+        return max(self.warmup_epochs, rise)
+
     def factor(self, step: int) -> float:
         """The multiplier of the peak learning rate used by optimizer step ``step`` (0-based)."""
         m = self.warmup_steps

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, deep_merge, load_config
+from .schedule import schedule_from_config
 from .tune_space import SearchSpace, nested
 
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -48,6 +49,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     """
     from ray import tune
 
+    from .asha import RAMP_KEY
     from .train import Trainer
 
     config = dict(config)
@@ -71,9 +73,12 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
         # the trial's own newest checkpoint in ``run`` is the one that replaced it.
         print(f"timm-tricks: checkpoint {checkpoint.path} is gone; resuming from {run / 'checkpoints'}")
 
+    ramp = schedule_from_config(cfg, steps_per_epoch=1).ramp_epochs  # what WarmupASHA waits for
+
     def report(epoch: int, metrics: dict[str, float], ckpt: Path | None) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         values["epoch"] = epoch + 1
+        values[RAMP_KEY] = ramp
         tune.report(values, checkpoint=tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None)
 
     workers = base.get("workers", 1)
@@ -171,12 +176,15 @@ def _scheduler(name: str, space: SearchSpace, epochs: int, grace_period: int = 1
 
     ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020) keeps the best
     1/``reduction_factor`` of the trials at each rung (after ``grace_period``, then x ``reduction_factor`` epochs);
-    the default 3 is the eta that Hyperband (Li et al., JMLR 2018) recommends.
+    the default 3 is the eta that Hyperband (Li et al., JMLR 2018) recommends. It judges no trial before its own
+    warmup has ended (:class:`timm_tricks.asha.WarmupASHA`).
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining
+
+    from .asha import WarmupASHA
 
     if name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace_period,
+        return WarmupASHA(time_attr="training_iteration", max_t=epochs, grace_period=grace_period,
                              reduction_factor=reduction_factor)
     if name == "pbt":
         mutations = {k: v for k, v in space.to_tune().items() if k in PBT_KEYS}
