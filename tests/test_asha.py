@@ -60,32 +60,49 @@ def test_a_trial_in_warmup_is_judged_at_its_first_result_after_warmup():
     assert ours.on_trial_result(None, slow, _result(3, 91.0, ramp=1.0)) == STOP
 
 
-def test_a_long_warmup_skips_the_rungs_inside_it_and_a_poor_trial_still_stops():
-    ours, _ = _schedulers()
-    good, poor = _trials(ours, 2)
+def test_a_long_warmup_skips_the_rungs_inside_it_for_good():
+    ours, _ = _schedulers(max_t=27)  # rungs at epochs 1, 3, 9 and 27
+    good, late, poor = _trials(ours, 3)
     for epoch, value in [(1, 60.0), (2, 70.0), (3, 80.0)]:
         assert ours.on_trial_result(None, good, _result(epoch, value, ramp=0.0)) == CONTINUE
-    for epoch in (1, 2, 3):  # a 3-epoch warmup: no decision at rungs 1 and 3 while it lasts
-        assert ours.on_trial_result(None, poor, _result(epoch, 5.0, ramp=3.0)) == CONTINUE
-    # epoch 4: judged at rung 3 (the highest it has passed) against the good trial's 80 there
-    assert ours.on_trial_result(None, poor, _result(4, 50.0, ramp=3.0)) == STOP
     rungs = dict(ours._brackets[0]._rungs)
-    assert "t1" in rungs[3] and "t1" not in rungs[1]
+    for epoch in (1, 2, 3):  # a 3-epoch warmup: no decision at rungs 1 and 3 while it lasts
+        assert ours.on_trial_result(None, late, _result(epoch, 5.0, ramp=3.0)) == CONTINUE
+        assert ours.on_trial_result(None, poor, _result(epoch, 5.0, ramp=3.0)) == CONTINUE
+    # epoch 4: each is judged at rung 3 (the highest it has passed) against the good trial's 80 there
+    assert ours.on_trial_result(None, late, _result(4, 85.0, ramp=3.0)) == CONTINUE
+    assert ours.on_trial_result(None, poor, _result(4, 50.0, ramp=3.0)) == STOP
+    assert rungs[3] == {"t0": 80.0, "t1": 85.0, "t2": 50.0}
+    # the stopped trial's last result is not written into rung 1 when Tune completes it ...
+    ours.on_trial_complete(None, poor, _result(4, 50.0, ramp=3.0))
+    # ... nor are the survivor's later epochs (Ray's bracket would judge rung 1 at epoch 5, then stop nothing but
+    # record 99 there, raising rung 1's cutoff for every later trial)
+    for epoch in (5, 6, 7, 8):
+        assert ours.on_trial_result(None, late, _result(epoch, 99.0, ramp=3.0)) == CONTINUE
+    assert rungs[1] == {"t0": 60.0}
+    # rung 9 judges it as any trial
+    assert ours.on_trial_result(None, late, _result(9, 99.0, ramp=3.0)) == CONTINUE
+    assert rungs[9] == {"t1": 99.0}
+
+
+def test_rays_bracket_alone_would_fill_the_skipped_rungs_with_later_results():
+    # what test_a_long_warmup_skips_the_rungs_inside_it_for_good guards against, shown on Ray's own scheduler
+    _, rays = _schedulers()
+    (trial,) = _trials(rays, 1)
+    rays.on_trial_result(None, trial, _result(4, 85.0))  # first result at epoch 4: recorded at rung 3
+    rays.on_trial_result(None, trial, _result(5, 99.0))
+    assert dict(rays._brackets[0]._rungs)[1] == {"t0": 99.0}
 
 
 def test_a_warmup_as_long_as_the_budget_still_ends_the_trial_at_max_t():
     ours, _ = _schedulers(max_t=3)
     (trial,) = _trials(ours, 1)
     assert ours.on_trial_result(None, trial, _result(3, 50.0, ramp=3.0)) == STOP
+    ours.on_trial_complete(None, trial, _result(3, 50.0, ramp=3.0))
+    assert not ours._trial_info and all(not recorded for _, recorded in ours._brackets[0]._rungs)
 
 
-def test_tune_asha_is_warmup_aware_and_survives_a_save_and_restore(tmp_path):
-    scheduler = _scheduler("asha", load_space("digits"), epochs=9)
+def test_tune_uses_the_warmup_aware_asha():
+    scheduler = _scheduler("asha", load_space("digits"), epochs=9, grace_period=1, reduction_factor=3)
     assert isinstance(scheduler, WarmupASHA)
-    scheduler.set_search_properties("eval_top1", "max")
-    (trial,) = _trials(scheduler, 1)
-    scheduler.on_trial_result(None, trial, _result(1, 50.0, ramp=0.0))
-    scheduler.save(str(tmp_path / "s.pkl"))
-    restored = WarmupASHA(max_t=9)
-    restored.restore(str(tmp_path / "s.pkl"))
-    assert dict(restored._brackets[0]._rungs)[1] == {"t0": 50.0}
+    assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == [9, 3, 1]

@@ -87,6 +87,8 @@ def test_ramp_is_the_warmup_or_the_piecewise_rise():
     assert schedule_from_config(load_config("myrtle_resnet9", ["train.epochs=20"]), 10).ramp_epochs == 4.0
     falling = LRSchedule("piecewise", steps_per_epoch=1, epochs=10, knots=((0, 1.0), (10, 0.0)), warmup_epochs=1)
     assert falling.ramp_epochs == 1.0
+    held = LRSchedule("piecewise", steps_per_epoch=1, epochs=10, knots=((2, 1.0), (10, 0.0)))
+    assert held.factor(0) == 1.0 and held.ramp_epochs == 0.0  # the first knot's value holds before it
 
 
 def test_min_lr_is_absolute_after_linear_scaling():

@@ -92,7 +92,8 @@ class LRSchedule:
         rise = 0.0
         if self.name == "piecewise":
             top = max(k[1] for k in self.knots)
-            rise = next(k[0] for k in self.knots if k[1] == top)
+            # the first knot's value holds before it, so a schedule that starts at its top has no rise
+            rise = 0.0 if self.knots[0][1] == top else next(k[0] for k in self.knots if k[1] == top)
         return max(self.warmup_epochs, rise)
 
     def factor(self, step: int) -> float:

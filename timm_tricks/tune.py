@@ -185,7 +185,7 @@ def _scheduler(name: str, space: SearchSpace, epochs: int, grace_period: int = 1
 
     if name == "asha":
         return WarmupASHA(time_attr="training_iteration", max_t=epochs, grace_period=grace_period,
-                             reduction_factor=reduction_factor)
+                          reduction_factor=reduction_factor)
     if name == "pbt":
         mutations = {k: v for k, v in space.to_tune().items() if k in PBT_KEYS}
         if not mutations:
