@@ -30,6 +30,7 @@ from pathlib import Path
 from docs_section import machine, publish
 from ray.tune import Callback
 
+from timm_tricks.config import ConfigError
 from timm_tricks.tune import run_search
 from timm_tricks.tune_space import load_space
 
@@ -84,12 +85,21 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
     args = parser.parse_args()
+    try:  # checked before FIFO's searches, which take minutes
+        graces = [int(g) for g in args.grace_periods.split(",")]
+    except ValueError:
+        parser.error(f"--grace-periods {args.grace_periods!r}: give whole numbers of epochs, comma-separated")
+    if not all(1 <= g <= args.epochs for g in graces):
+        parser.error(f"--grace-periods {args.grace_periods}: each must be between 1 and --epochs ({args.epochs})")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     where = machine()
-    graces = [int(g) for g in args.grace_periods.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        fifo = search("fifo", args, Path(tmp))
-        ashas = {g: search("asha", args, Path(tmp), grace_period=g) for g in graces}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fifo = search("fifo", args, Path(tmp))
+            ashas = {g: search("asha", args, Path(tmp), grace_period=g) for g in graces}
+    except ConfigError as e:  # a bad --set, --epochs or --num-samples, as timm-tricks tune reports it
+        print(f"search_efficiency.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     command = "python benchmarks/search_efficiency.py " + " ".join(sys.argv[1:])
     lines = [
         HEADING, "",

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_options_that_undo_a_rung_skip_it():
 def test_bad_ladders_are_rejected_by_name(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_ladder(path)
 
 
