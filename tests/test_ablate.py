@@ -94,7 +94,7 @@ def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
             "--teacher-model", "resnet18d_tricks", "--epochs", "1", "--batch-size", "128", "--seeds", "2",
             "--storage", str(storage), "--name", "tiny", "--set", "data.image_size=16",
             "--set", "schedule.warmup_epochs=0", "--set", "train.keep_checkpoints=1", "--set", "augment.train=none"]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path))
+    env = dict(os.environ, HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", *args], capture_output=True, text=True, env=env,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -17,7 +17,7 @@ TINY = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=12
 
 
 def _tune(args, tmp_path, check=True, env_extra=None):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path), **(env_extra or {}))
+    env = dict(os.environ, HOME=str(tmp_path), **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", "tune", *args], capture_output=True, text=True,
                           env=env, timeout=900)
     if check:
@@ -129,7 +129,7 @@ def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_tri
     exp = storage / "dk"
     args = ["--space", "digits", "--num-samples", "3", "--epochs", "3", "--storage", str(storage), "--name", "dk",
             "--max-concurrent", "1", "--scheduler", "fifo", *[a for o in TINY for a in ("--set", o)]]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=str(tmp_path))
+    env = dict(os.environ, HOME=str(tmp_path))
     driver = subprocess.Popen([sys.executable, "-m", "timm_tricks", "tune", *args], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -178,7 +178,8 @@ def test_a_trial_with_two_workers_runs_as_a_ray_train_run(tmp_path):
 
 
 def test_shared_storage_is_read_from_the_mount_table(tmp_path):
-    from timm_tricks.tune import is_shared_storage, trial_workers
+    from timm_tricks.ray_cluster import is_shared_storage
+    from timm_tricks.tune import trial_workers
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n"

@@ -19,8 +19,9 @@ from typing import Any
 
 from .config import ConfigError
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
+from .ray_cluster import ray_session
 from .train import TrainingError
-from .tune import experiment_dir, experiment_guard, fit, ray_session, result_summary, trial_workers
+from .tune import experiment_dir, experiment_guard, fit, result_summary, trial_workers
 
 
 def _slug(index: int, name: str) -> str:

@@ -12,7 +12,6 @@ unreadable image) raises :class:`DataError` naming the bad input.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
+from .safe_pickle import RefusedPickle, load_data_pickle
 
 SOURCE_KINDS = ("digits", "synthetic", "folder", "cifar10", "cifar100", "timm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -138,15 +138,19 @@ def load_cifar(root: str | Path, num_classes: int = 10, download: bool = False) 
     """CIFAR-10 or CIFAR-100 from torchvision's python-pickle files under ``root``.
 
     The files are read here directly (``data``: N x 3072 uint8 rows in CHW order; labels under ``labels`` or
-    ``fine_labels``), so any set of files in that format loads. With ``download`` torchvision fetches the official
-    archives first.
+    ``fine_labels``), so any set of files in that format loads, through :func:`timm_tricks.safe_pickle
+    .load_data_pickle`: a file that names anything but NumPy arrays is refused, nothing in it runs. With
+    ``download`` torchvision fetches the official archive (checked against its MD5) and unpacks it; torchvision's
+    own CIFAR classes, which read the files with a plain ``pickle.load``, are not used.
     """
     folder, train_files, test_file, label_key = CIFAR_FILES[num_classes]
     base = Path(root).expanduser() / folder
     if download and not base.is_dir():
         from torchvision import datasets
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        (datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100)(str(root), train=True, download=True)
+        official = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
+        download_and_extract_archive(official.url, str(root), filename=official.filename, md5=official.tgz_md5)
     if not base.is_dir():
         raise DataError(f"no CIFAR-{num_classes} files in {str(base)!r}; pass --download to fetch them into "
                         f"{str(root)!r}, or point cifar{num_classes}:ROOT at the folder that holds {folder!r}")
@@ -155,11 +159,17 @@ def load_cifar(root: str | Path, num_classes: int = 10, download: bool = False) 
         path = base / name
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+                batch = load_data_pickle(f)
+        except RefusedPickle as e:
+            raise DataError(f"refused CIFAR file {str(path)!r}: {e}; nothing in it was run") from None
+        except Exception as e:  # a damaged pickle raises many types (EOFError, UnpicklingError, ValueError, ...)
+            raise DataError(f"cannot read CIFAR file {str(path)!r}: {type(e).__name__}: {e}") from None
+        try:
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(batch[label_key], dtype=np.int64)
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise DataError(f"cannot read CIFAR file {str(path)!r}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"CIFAR file {str(path)!r} is not in the CIFAR format (a dict with 'data' and "
+                            f"{label_key!r}): {type(e).__name__}: {e}") from None
         return torch.from_numpy(data.copy()), torch.from_numpy(labels)
 
     parts = [read(n) for n in train_files]

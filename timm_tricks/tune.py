@@ -18,9 +18,7 @@ import contextlib
 import csv
 import json
 import math
-import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,20 +26,13 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, deep_merge, load_config
+from .ray_cluster import ray_session
 from .schedule import schedule_from_config
 from .tune_space import SearchSpace, nested
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 SEARCHERS = ("optuna", "random")
 PBT_KEYS = ("optim.lr", "loss.label_smoothing", "mixup.alpha")  # what PBT mutates, when the space searches them
-QUIET_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 otherwise writes ~/.ray/auth_token for a local cluster
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-}
-
-
 def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     """One Tune trial: train ``base``'s recipe with the trial's sampled ``config`` values, reporting every epoch.
 
@@ -326,60 +317,6 @@ def experiment_guard(exp: Path, options: dict[str, Any], resume: bool) -> Iterat
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, storage: Path) -> Iterator[None]:
-    """Start Ray on this machine (``address`` None) or join a cluster, and shut it down afterwards.
-
-    On a cluster, ``storage`` must be seen by every node. When it is on a local file system of this machine (by
-    the mount table) a ConfigError says so if the cluster has more than one node, and a warning if it has one
-    node so far (an autoscaling cluster adds its workers later). ``TIMM_TRICKS_SHARED_STORAGE=1`` vouches for a
-    file system the mount table does not show as shared.
-    """
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    try:
-        vouched = os.environ.get("TIMM_TRICKS_SHARED_STORAGE") == "1"
-        if address and not vouched and not is_shared_storage(storage):
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            where = (f"--storage {str(storage.parent)!r} is on a local disk of this machine (not a network file "
-                     "system by /proc/mounts)")
-            if nodes > 1:
-                raise ConfigError(f"{where}, but the Ray cluster has {nodes} nodes: give a folder every node mounts "
-                                  "(NFS, EFS, a cluster file system), or set TIMM_TRICKS_SHARED_STORAGE=1 if it is "
-                                  "shared after all")
-            print(f"timm-tricks: warning: {where}; trials on nodes that join later will not see it",
-                  file=sys.stderr)
-        yield
-    finally:
-        ray.shutdown()
-
-
-NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
-                        "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "9p", "virtiofs",
-                        "fuse.weka", "wekafs", "panfs", "orangefs")
-
-
-def is_shared_storage(path: Path, mounts: str = "/proc/mounts") -> bool:
-    """Whether ``path`` lies on a network or cluster file system, from the mount table (``/proc/mounts``)."""
-    try:
-        table = [line.split()[1:3] for line in Path(mounts).read_text().splitlines() if len(line.split()) > 2]
-    except OSError:
-        return True  # no mount table to read (not Linux): give the user the benefit of the doubt
-    path = Path(path).resolve()
-    best, kind = "", ""
-    for point, fs_type in table:
-        point = point.replace("\\040", " ")
-        if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
-            best, kind = point, fs_type
-    return kind in NETWORK_FILE_SYSTEMS
 
 
 def fit(exp: Path, base: dict[str, Any], param_space: dict[str, Any], *, resume: bool, metric: str, mode: str,
