@@ -50,3 +50,18 @@ def test_ray_cluster_files_parse():
     workers = kuberay["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" in workers["resources"]["limits"]
     assert "launch/ray/cluster.yaml" in (LAUNCH / "README.md").read_text()
+
+
+def test_ray_cluster_files_require_a_token_and_keep_the_dashboard_on_loopback():
+    cluster = yaml.safe_load((LAUNCH / "ray" / "cluster.yaml").read_text())
+    starts = cluster["head_start_ray_commands"][1:] + cluster["worker_start_ray_commands"][1:]
+    assert starts and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "0.0.0.0" not in (LAUNCH / "ray" / "cluster.yaml").read_text()
+    assert cluster["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    kuberay = yaml.safe_load((LAUNCH / "ray" / "kuberay.yaml").read_text())
+    pods = [kuberay["spec"]["headGroupSpec"]] + kuberay["spec"]["workerGroupSpecs"]
+    for pod in pods:
+        assert "dashboard-host" not in pod["rayStartParams"]
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "timm-tricks-ray-token"

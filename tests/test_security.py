@@ -158,3 +158,109 @@ def test_cifar_download_unpacks_the_official_archive_and_reads_it_safely(tmp_pat
     assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
                       "c58f30108f718f92721af3b95e74349a")]
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+TINY_RUN = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.epochs=1",
+            "ema.enabled=true"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from timm_tricks.config import load_config
+    from timm_tricks.train import Trainer
+
+    out = tmp_path_factory.mktemp("security") / "run"
+    Trainer(load_config("digits", TINY_RUN), out).fit()
+    return out
+
+
+def _torch_payload(marker):
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"state": _Payload(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_is_data_only(trained_run):
+    """No file of a checkpoint is a pickle (torch's zip or a plain pickle): tensors are safetensors, the rest JSON."""
+    import json
+
+    from safetensors import safe_open
+
+    ckpt, = (trained_run / "checkpoints").glob("ckpt-*")
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ["COMPLETE", "ema.safetensors", "model.safetensors", "optimizer.safetensors", "summary.csv",
+                     "trainer_state.json"]
+    for name in names:
+        head = (ckpt / name).read_bytes()[:2]
+        assert head not in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05"), name  # zip (torch.save) or pickle
+        if name.endswith(".safetensors"):
+            with safe_open(str(ckpt / name), framework="pt") as f:
+                assert list(f.keys()) is not None
+        elif name != "summary.csv":
+            json.loads((ckpt / name).read_text())
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch"])
+def test_each_checkpoint_file_replaced_by_a_payload_is_refused_and_nothing_runs(trained_run, tmp_path, kind):
+    import shutil
+
+    from timm_tricks.checkpoint import CheckpointError
+    from timm_tricks.config import load_config
+    from timm_tricks.train import Trainer
+
+    cfg = load_config("digits", TINY_RUN)
+    ckpt_name = next((trained_run / "checkpoints").glob("ckpt-*")).name
+    for name in ["model.safetensors", "optimizer.safetensors", "ema.safetensors", "trainer_state.json",
+                 "summary.csv"]:
+        run, marker = tmp_path / f"{kind}-{name}", tmp_path / f"ran-{kind}-{name}"
+        shutil.copytree(trained_run, run)
+        payload = _payload_bytes(marker) if kind == "pickle" else _torch_payload(marker)
+        (run / "checkpoints" / ckpt_name / name).write_bytes(payload)
+        with pytest.raises(CheckpointError, match=name.replace(".", "[.]")) as e:
+            Trainer(cfg, run, resume=True).fit()
+        assert "\n" not in str(e.value) and not marker.exists(), name
+
+
+def test_a_checkpoint_in_the_pickle_layout_is_refused_unread_with_exit_2(trained_run, tmp_path):
+    """accelerate's ``save_state`` layout (``optimizer.bin``, ``custom_checkpoint_0.pkl``, ``random_states_0.pkl``,
+    loaded with ``weights_only=False`` before) is refused by name; nothing in it runs."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = next((run / "checkpoints").glob("ckpt-*"))
+    markers = []
+    for name in ["optimizer.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"]:
+        markers.append(tmp_path / f"ran-{name}")
+        (ckpt / name).write_bytes(_torch_payload(markers[-1]))
+    proc = subprocess.run([sys.executable, "-m", "timm_tricks", "train", "--recipe", "digits", "--output", str(run),
+                           "--resume", *[a for o in TINY_RUN for a in ("--set", o)]],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds pickle files (custom_checkpoint_0.pkl, optimizer.bin, random_states_0.pkl)" \
+        in lines[0], proc.stderr
+    assert not any(m.exists() for m in markers)
+
+
+@pytest.mark.parametrize("key", ["distill.checkpoint", "model.pretrained_file"])
+def test_weight_files_are_loaded_with_weights_only(tmp_path, key):
+    """The teacher's weights and ``pretrained_file`` go through timm's ``weights_only=True`` loading: a pickle
+    payload in them is refused in one line and does not run."""
+    from timm_tricks.config import ConfigError, load_config
+    from timm_tricks.train import Trainer
+
+    marker, weights = tmp_path / "ran", tmp_path / "weights.pth"
+    weights.write_bytes(_torch_payload(marker))
+    extra = [f"distill.checkpoint={weights}", "distill.teacher=resnet18d_tricks"] if key == "distill.checkpoint" \
+        else [f"model.pretrained_file={weights}", "model.pretrained=true"]
+    with pytest.raises(ConfigError, match="weights") as e:
+        Trainer(load_config("digits", TINY_RUN + extra), tmp_path / "run")
+    assert "\n" not in str(e.value) and not marker.exists()

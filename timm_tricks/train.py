@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -34,6 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    read_summary,
+    write_checkpoint,
+)
 from .config import Config, ConfigError
 from .data import (
     DataError,
@@ -52,8 +61,6 @@ from .schedule import TricksScheduler, schedule_from_config
 from .tta import flip_tta
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
-CHECKPOINT_PREFIX = "ckpt-"
-COMPLETE_MARKER = "COMPLETE"
 
 
 class TrainingError(RuntimeError):
@@ -232,28 +239,6 @@ def build_batches(cfg: Config, source: Source, per_device_batch: int, rank: int,
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints in ``folder``, oldest first (by global step)."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def prune_checkpoints(folder: Path, keep: int, best: Path | None) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints and ``best``; clear leftovers of killed writes."""
-    for p in folder.glob(".tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    ckpts = list_checkpoints(folder)
-    for p in ckpts[:-keep]:
-        if best is None or p.resolve() != best.resolve():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -305,9 +290,6 @@ class Trainer:
             raise ConfigError("fewer batches per epoch than train.grad_accum_steps; lower data.batch_size")
         self.schedule = schedule_from_config(cfg, self.steps_per_epoch, self.world)
         self.scheduler = TricksScheduler(self.optimizer, self.schedule)
-        acc.register_for_checkpointing(self.state)
-        if self.ema is not None:
-            acc.register_for_checkpointing(self.ema)
         self.mixup = create_mixup(cfg.mixup.alpha, self.num_classes)
         base_loss = LabelSmoothingCrossEntropy(self.num_classes, cfg.loss.label_smoothing, cfg.loss.smoothing_form) \
             if self.num_classes > 1 else nn.CrossEntropyLoss()
@@ -332,8 +314,9 @@ class Trainer:
             model = timm.create_model(cfg.model.name, **cfg.model_kwargs(self.num_classes))
         except TypeError as e:
             raise ConfigError(f"model {cfg.model.name!r} does not take one of its options: {e}") from None
-        except (FileNotFoundError, RuntimeError) as e:
-            raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {e}") from None
+        except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:  # weights_only=True
+            raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
         if cfg.train.sync_bn and self.world > 1:
             from .sync_bn import convert_sync_batchnorm
 
@@ -355,8 +338,12 @@ class Trainer:
                 raise ConfigError("distill.teacher needs distill.checkpoint (the teacher's weights file)")
             if not Path(cfg.distill.checkpoint).is_file():
                 raise ConfigError(f"distill.checkpoint {cfg.distill.checkpoint!r} does not exist")
-            teacher = timm.create_model(cfg.distill.teacher, num_classes=self.num_classes,
-                                        checkpoint_path=cfg.distill.checkpoint)
+            try:  # timm loads weight files with torch's weights_only=True: a pickle payload is refused, unrun
+                teacher = timm.create_model(cfg.distill.teacher, num_classes=self.num_classes,
+                                            checkpoint_path=cfg.distill.checkpoint)
+            except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
+                raise ConfigError(f"cannot load the teacher's weights {cfg.distill.checkpoint!r}: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
             if cfg.train.channels_last:
                 teacher = teacher.to(memory_format=torch.channels_last)
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
@@ -454,25 +441,22 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write the full state atomically as ``checkpoints/ckpt-<global step>``; prune old ones."""
+        """Write the full state atomically as ``checkpoints/ckpt-<global step>`` (:mod:`timm_tricks.checkpoint`);
+        prune old ones."""
         acc = self.accelerator
         folder = self.output_dir / "checkpoints"
         final = folder / f"{CHECKPOINT_PREFIX}{self.state.global_step:09d}"
         tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{self.state.global_step:09d}"
+        # every process's running loss of the epoch in progress (each logs the mean over all of them)
+        loss_sums = acc.gather(torch.tensor([self.state.epoch_loss_sum], dtype=torch.float64, device=self.device))
         if acc.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            summary = self.output_dir / "summary.csv"
-            if summary.exists():  # the epochs so far travel with the state: a checkpoint resumes anywhere
-                shutil.copyfile(summary, tmp / "summary.csv")
-            (tmp / COMPLETE_MARKER).write_text(json.dumps(self.state.state_dict()))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            tmp.mkdir()
+            state = {"counters": self.state.state_dict(), "loss_sums": loss_sums.cpu().tolist(),
+                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
+            write_checkpoint(tmp, final, model=acc.unwrap_model(self.model), optimizer=self.optimizer,
+                             ema=self.ema, state=state, summary=self.output_dir / "summary.csv")
             best = self.output_dir / "checkpoints" / "best.txt"
             best_path = folder / best.read_text().strip() if best.exists() else None
             prune_checkpoints(folder, self.cfg.train.keep_checkpoints, best_path)
@@ -487,10 +471,18 @@ class Trainer:
         ckpts = list_checkpoints(self.output_dir / "checkpoints")
         if not ckpts:
             return False
-        self.accelerator.load_state(str(ckpts[-1]))
+        acc = self.accelerator
+        state = read_checkpoint(ckpts[-1], model=acc.unwrap_model(self.model), optimizer=self.optimizer,
+                                ema=self.ema)
+        self.state.load_state_dict(state["counters"])
+        sums = state.get("loss_sums") or [0.0]
+        # a resume on another number of processes shares the epoch's loss so far out evenly
+        self.state.epoch_loss_sum = sums[self.rank] if len(sums) == self.world else sum(sums) / self.world
+        if acc.scaler is not None and state.get("scaler"):
+            acc.scaler.load_state_dict(state["scaler"])
         self.scheduler.step_update(self.state.num_updates)
         self._restore_summary(ckpts[-1], self.state.epoch)
-        self.accelerator.print(f"resumed from {ckpts[-1]} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        acc.print(f"resumed from {ckpts[-1]} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         return True
 
     def _restore_summary(self, checkpoint: Path, epochs_done: int) -> None:
@@ -501,9 +493,8 @@ class Trainer:
         source = checkpoint / "summary.csv" if (checkpoint / "summary.csv").exists() else path
         if not self.accelerator.is_main_process or not source.exists():
             return
-        with open(source, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
+        rows = read_summary(source)
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) < epochs_done]
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 

@@ -150,13 +150,13 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 def _adopt(checkpoint: Any, folder: Path) -> bool:
     """Make ``checkpoint`` (Tune's, for an exploit the donor trial's) the only checkpoint in ``folder``, so the
     Trainer continues from it and from nothing newer of this trial's own; False when it no longer exists."""
-    from .train import COMPLETE_MARKER
+    from .checkpoint import CHECKPOINT_PREFIX, COMPLETE_MARKER
 
     try:
         with checkpoint.as_directory() as source:
             state = json.loads((Path(source) / COMPLETE_MARKER).read_text())
             shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(source, folder / f"ckpt-{state['global_step']:09d}")
+            shutil.copytree(source, folder / f"{CHECKPOINT_PREFIX}{state['global_step']:09d}")
     except FileNotFoundError:
         return False
     return True
