@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 import timm_tricks  # noqa: F401
 from timm_tricks.config import load_config
-from timm_tricks.train import Trainer, step_seed, topk_counts
+from timm_tricks.evaluate import topk_counts
+from timm_tricks.seeding import step_seed
+from timm_tricks.train import Trainer
 
 FAST = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.epochs=2"]
 
@@ -24,6 +26,26 @@ def _run(args, env_extra=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return proc
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+from timm_tricks.config import load_config
+from timm_tricks.train import Trainer
+
+def kill(state):
+    if state.global_step == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer(load_config("digits", sys.argv[3:]), sys.argv[2], step_callback=kill).fit()
+"""
+
+
+def _kill_at_step(step, out, overrides):
+    """Train ``digits`` with ``overrides`` into ``out`` in a process that SIGKILLs itself after optimizer step
+    ``step`` (the Trainer's ``step_callback``)."""
+    return subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), str(out), *overrides],
+                          capture_output=True, text=True)
 
 
 def _set(overrides):
@@ -104,8 +126,9 @@ def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path):
                                                          "ema.enabled=true", "train.keep_checkpoints=10"])]
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run([*args, "--output", str(full)])
-    proc = _run([*args, "--output", str(killed)], {"TIMM_TRICKS_KILL_AT_STEP": "17"}, check=False)
-    assert proc.returncode == -9
+    proc = _kill_at_step(17, killed, FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2", "ema.enabled=true",
+                                              "train.keep_checkpoints=10"])
+    assert proc.returncode == -9, proc.stderr[-3000:]
     assert not (killed / "model.safetensors").exists()
     ckpts = sorted(p.name for p in (killed / "checkpoints").glob("ckpt-*"))
     assert ckpts[-1] == "ckpt-000000015"

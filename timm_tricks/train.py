@@ -6,35 +6,34 @@ on, evaluates after each epoch, checkpoints, and returns the final metrics. The 
 and the learning rate follows the linear scaling rule on that global batch.
 
 Exact resume. Every random draw of a training step (data order, augmentation, mixup, dropout) comes from
-generators seeded by ``(seed, epoch, step, process)``, so a run resumed at step ``k`` draws exactly what the
-uninterrupted run drew; the checkpoint (accelerate's ``save_state``: model, optimizer, loss scaler, RNG states,
-plus the EMA and the step counters) holds the rest. Checkpoints are written to a temporary folder and renamed into
-place, so a run killed mid-write never replaces the last good one.
+generators seeded by ``(seed, epoch, step, process)`` (:mod:`timm_tricks.seeding`), so a run resumed at step ``k``
+draws exactly what the uninterrupted run drew; the checkpoint (:mod:`timm_tricks.checkpoint`: model, optimizer,
+EMA, loss scaler and step counters, as safetensors and JSON) holds the rest. Checkpoints are written to a
+temporary folder and renamed into place, so a run killed mid-write never replaces the last good one.
+
+The parts: batch sources in :mod:`timm_tricks.batches`, evaluation in :mod:`timm_tricks.evaluate`, checkpoint
+files in :mod:`timm_tricks.checkpoint`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import pickle
-import random
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .batches import build_batches
 from .checkpoint import (
     CHECKPOINT_PREFIX,
     list_checkpoints,
@@ -44,21 +43,13 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import Config, ConfigError
-from .data import (
-    DataError,
-    Source,
-    TensorData,
-    folder_datasets,
-    load_tensor_data,
-    normalize,
-    parse_source,
-    timm_datasets,
-)
+from .data import DataError, parse_source
+from .evaluate import evaluate_model, shard_for
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .mixup import create_mixup, set_mixup_epoch
 from .optim import create_optimizer
 from .schedule import TricksScheduler, schedule_from_config
-from .tta import flip_tta
+from .seeding import seed_everything, step_seed
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
 
@@ -67,35 +58,11 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the message names the step and the checkpoint kept."""
 
 
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (seed, epoch, step, process), stable across runs and machines."""
-    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
 def cpu_only_distributed() -> bool:
     """True in a multi-process launch (``WORLD_SIZE`` > 1, e.g. ``accelerate launch --multi_gpu`` or ``torchrun``)
     on a machine without CUDA: the processes then train on their CPUs over gloo. (``accelerate launch --cpu``
     starts a single process unless an MPI host file is given.)"""
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _kill_for_tests() -> None:
-    """SIGKILL this process (``TIMM_TRICKS_KILL_AT_STEP``), once per marker file if ``TIMM_TRICKS_KILL_ONCE``
-    names one: the resume and retry tests use it to die at a known step."""
-    marker = os.environ.get("TIMM_TRICKS_KILL_ONCE")
-    if marker:
-        if Path(marker).exists():
-            return
-        Path(marker).write_text("killed\n")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device) with one value."""
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -118,127 +85,6 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Batches
-
-
-class TensorBatches:
-    """Batches of an in-memory data set, sharded over processes, augmented on the device (Myrtle style).
-
-    Epoch ``e`` visits a permutation seeded by ``(seed, e)``; process ``r`` of ``w`` takes positions ``r, r+w, ...``
-    and drops the ragged tail so every process runs the same number of steps.
-    """
-
-    def __init__(self, data: TensorData, cfg: Config, per_device_batch: int, rank: int, world: int,
-                 device: torch.device) -> None:
-        from .augment import BatchAugment
-
-        self.data, self.cfg, self.batch, self.rank, self.world = data.to(device), cfg, per_device_batch, rank, world
-        self.device = device
-        a = cfg.augment
-        self.augment = BatchAugment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout or None) \
-            if a.train == "batched" else None
-        self.steps_per_epoch = len(data.train_labels) // (per_device_batch * world)
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"{len(data.train_labels)} training images give no full batch of "
-                              f"{per_device_batch} x {world} process(es); lower data.batch_size")
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, epoch))
-        order = torch.randperm(len(self.data.train_labels), generator=g)
-        return order[self.rank::self.world][: self.steps_per_epoch * self.batch]
-
-    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.epoch_order(epoch).to(self.device)
-        for step in range(start_step, self.steps_per_epoch):
-            idx = order[step * self.batch:(step + 1) * self.batch]
-            images = normalize(self.data.train_images[idx], self.data.mean, self.data.std)
-            if self.augment is not None:
-                g = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, epoch, step, self.rank, 1))
-                images = self.augment(images, generator=g)
-            yield images, self.data.train_labels[idx]
-
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of the validation set: positions ``rank, rank + world, ...`` (all of them, once)."""
-        idx_all = torch.arange(len(self.data.val_labels), device=self.device)[self.rank::self.world]
-        for i in range(0, len(idx_all), batch_size):
-            idx = idx_all[i:i + batch_size]
-            yield normalize(self.data.val_images[idx], self.data.mean, self.data.std), self.data.val_labels[idx]
-
-    @property
-    def num_classes(self) -> int:
-        return self.data.num_classes
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """Wraps a file data set so each sample's random transform is seeded by ``(seed, epoch, index)``: the same
-    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too."""
-
-    def __init__(self, dataset: Any, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        seed_everything(step_seed(self.seed, self.epoch, index, 2))
-        return self.dataset[index]
-
-
-class FileBatches:
-    """Batches of a file data set through DataLoader workers, sharded and ordered like :class:`TensorBatches`."""
-
-    def __init__(self, train: Any, val: Any, num_classes: int, cfg: Config, per_device_batch: int, rank: int,
-                 world: int, device: torch.device) -> None:
-        self.train, self.val = SeededDataset(train, cfg.train.seed), val
-        self.cfg, self.batch, self.rank, self.world, self.device = cfg, per_device_batch, rank, world, device
-        self.num_classes = num_classes
-        self.steps_per_epoch = len(train) // (per_device_batch * world)
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"{len(train)} training images give no full batch of {per_device_batch} x {world} "
-                              "process(es); lower data.batch_size")
-
-    def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-            num_workers=self.cfg.data.workers, pin_memory=self.device.type == "cuda", drop_last=False)
-
-    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, epoch))
-        order = torch.randperm(len(self.train), generator=g)[self.rank::self.world]
-        order = order[start_step * self.batch: self.steps_per_epoch * self.batch].tolist()
-        self.train.epoch = epoch
-        for images, labels in self._loader(self.train, order, self.batch):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = list(range(len(self.val)))[self.rank::self.world]
-        for images, labels in self._loader(self.val, indices, batch_size):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-
-def build_batches(cfg: Config, source: Source, per_device_batch: int, rank: int, world: int,
-                  device: torch.device, download: bool = False) -> TensorBatches | FileBatches:
-    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files."""
-    if source.in_memory:
-        data = load_tensor_data(source, image_size=cfg.data.image_size, download=download, seed=cfg.train.seed)
-        return TensorBatches(data, cfg, per_device_batch, rank, world, device)
-    from .augment import bot_eval_transform, bot_train_transform
-
-    a, size = cfg.augment, cfg.data.image_size
-    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color) if a.train == "bot" else \
-        bot_eval_transform(size=size, resize=a.eval_resize or size)
-    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875))
-    if source.kind == "folder":
-        train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
-    else:
-        train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download)
-        n = n or cfg.model.num_classes
-        if n is None:
-            raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
-    return FileBatches(train, val, n, cfg, per_device_batch, rank, world, device)
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -253,15 +99,18 @@ class Trainer:
         download: Let CIFAR / timm data sets download their files.
         callback: Called on the main process after each epoch as ``callback(epoch, metrics, checkpoint_dir)``.
         accelerator: An ``accelerate.Accelerator`` to use (default: one built from the config).
+        step_callback: Called on every process after each optimizer step (and its checkpoint, if one is due) as
+            ``step_callback(state)`` with the :class:`TrainState`; the resume tests kill the process from it.
     """
 
     def __init__(self, cfg: Config, output_dir: str | Path, resume: bool = False, download: bool = False,
                  callback: Callable[[int, dict[str, float], Path | None], None] | None = None,
-                 accelerator: Any = None) -> None:
+                 accelerator: Any = None, step_callback: Callable[[TrainState], None] | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
+        self.step_callback = step_callback
         self._check_output_dir()
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only_distributed(),
@@ -280,8 +129,7 @@ class Trainer:
         self.world, self.rank = acc.num_processes, acc.process_index
         self.per_device_batch = cfg.per_device_batch_size(self.world)
         self.source = parse_source(cfg.data.source)
-        self.batches = build_batches(cfg, self.source, self.per_device_batch, self.rank, self.world, self.device,
-                                     download)
+        self.batches = build_batches(cfg, self.source, shard_for(cfg, acc), self.device, download)
         self.num_classes = cfg.model.num_classes or self.batches.num_classes
         self._build_model()
         self.state = TrainState()
@@ -371,7 +219,6 @@ class Trainer:
         set_mixup_epoch(self.mixup, epoch, cfg.train.epochs, cfg.mixup.off_epochs)
         accum = cfg.train.grad_accum_steps
         loss_sum = torch.tensor(st.epoch_loss_sum, dtype=torch.float64, device=self.device)
-        kill_at = int(os.environ.get("TIMM_TRICKS_KILL_AT_STEP", "-1"))  # for the resume tests
         batches = self.batches.train_batches(epoch, start_step=st.step_in_epoch * accum)
         progress = self._progress(epoch)
         for micro, (images, labels) in enumerate(batches):
@@ -404,8 +251,8 @@ class Trainer:
             if every and st.global_step % every == 0 and st.step_in_epoch < self.steps_per_epoch:
                 st.epoch_loss_sum = loss_sum.item()
                 self.save_checkpoint()
-            if st.global_step == kill_at:
-                _kill_for_tests()
+            if self.step_callback is not None:
+                self.step_callback(st)
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
         if progress is not None:
@@ -577,72 +424,6 @@ class Trainer:
         (self.output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
 
 
-@torch.no_grad()
-def evaluate_model(model: nn.Module, batches: TensorBatches | FileBatches, accelerator: Any, batch_size: int,
-                   tta_flip: bool = False, channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of ``model`` on ``batches``' validation share of every process, summed
-    over processes: each validation image is counted once, whatever the number of processes.
-
-    The model runs unwrapped (no DDP), so processes with one batch more than others cannot deadlock.
-    """
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, count
-    for images, labels in batches.eval_batches(batch_size):
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            logits = flip_tta(model, images) if tta_flip else model(images)
-        totals += topk_counts(logits.float(), labels)
-    model.train(was_training)
-    totals = accelerator.reduce(totals, reduction="sum")
-    n = max(totals[3].item(), 1.0)
-    return {"eval_loss": totals[0].item() / n, "eval_top1": 100 * totals[1].item() / n,
-            "eval_top5": 100 * totals[2].item() / n, "eval_count": int(totals[3].item())}
-
-
-def evaluate_checkpoint(path: str | Path, data: str | None = None, tta_flip: bool = False,
-                        download: bool = False) -> dict[str, float]:
-    """Evaluate a finished run: ``path`` is its output folder or its ``model.safetensors`` (with the run's
-    ``config.yaml`` beside it). ``data`` overrides the run's data source."""
-    from accelerate import Accelerator
-    from safetensors.torch import load_file
-
-    from .config import load_config
-
-    path = Path(path)
-    run = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else run / "model.safetensors"
-    if not (run / "config.yaml").is_file() or not weights.is_file():
-        raise ConfigError(f"--checkpoint {str(path)!r} is not a finished run: it needs config.yaml and "
-                          "model.safetensors (the --output folder of timm-tricks train)")
-    overrides = [f"data.source={data}"] if data else []
-    cfg = load_config(run / "config.yaml", overrides)
-    acc = Accelerator(mixed_precision=cfg.train.precision)
-    batches = build_batches(cfg, parse_source(cfg.data.source), cfg.per_device_batch_size(acc.num_processes),
-                            acc.process_index, acc.num_processes, acc.device, download)
-    kwargs = cfg.model_kwargs(batches.num_classes) | {"pretrained": False}
-    kwargs.pop("pretrained_cfg_overlay", None)
-    model = timm.create_model(cfg.model.name, **kwargs)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise ConfigError(f"weights {str(weights)!r} do not fit model {cfg.model.name!r}: {e}") from None
-    model.to(acc.device)
-    batch = cfg.data.eval_batch_size or cfg.per_device_batch_size(acc.num_processes)
-    return evaluate_model(model, batches, acc, batch, tta_flip=tta_flip, channels_last=cfg.train.channels_last)
-
-
-def topk_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[loss sum, top-1 correct, top-5 correct, count]`` of one batch, as float64."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(labels.view(-1, 1))
-    loss = F.cross_entropy(logits, labels, reduction="sum")
-    return torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                        torch.tensor(len(labels), dtype=torch.float64, device=logits.device)])
-
-
 def _flat_hparams(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in cfg.to_dict().items():
@@ -652,4 +433,4 @@ def _flat_hparams(cfg: Config) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Trainer", "TrainState", "TrainingError", "DataError", "step_seed", "topk_counts"]
+__all__ = ["Trainer", "TrainState", "TrainingError", "DataError"]

@@ -1,0 +1,146 @@
+"""Batch sources of the trainer: an in-memory data set augmented by the batch on the device, or a file data set
+through DataLoader workers. Both shard and order their samples with :class:`Shard`.
+
+Epoch ``e`` visits a permutation seeded by ``(seed, e)``; process ``r`` of ``w`` takes positions ``r, r+w, ...``
+and drops the ragged tail, so every process runs the same number of steps and a resumed epoch (from step ``k``)
+visits exactly the samples the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import Config, ConfigError
+from .data import Source, TensorData, folder_datasets, load_tensor_data, normalize, timm_datasets
+from .seeding import generator, seed_everything, step_seed
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a data set of ``size`` training samples, in batches of ``batch`` per process."""
+
+    size: int
+    batch: int
+    rank: int
+    world: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"{self.size} training images give no full batch of {self.batch} x {self.world} "
+                              "process(es); lower data.batch_size")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches each process takes per epoch (the ragged tail is dropped)."""
+        return self.size // (self.batch * self.world)
+
+    def order(self, epoch: int, start_step: int = 0) -> torch.Tensor:
+        """The sample indices this process visits in ``epoch`` from batch ``start_step`` on."""
+        order = torch.randperm(self.size, generator=generator(self.seed, epoch))[self.rank::self.world]
+        return order[start_step * self.batch: self.steps_per_epoch * self.batch]
+
+    def eval_indices(self, size: int) -> range:
+        """This process's share of a validation set of ``size``: positions ``rank, rank + world, ...`` (every
+        sample counted once over all processes)."""
+        return range(self.rank, size, self.world)
+
+
+class TensorBatches:
+    """Batches of an in-memory data set, augmented on the device for the whole batch (Page, "How to train your
+    ResNet 8: Bag of tricks", Myrtle.ai 2019, "Preprocessing on the GPU")."""
+
+    def __init__(self, data: TensorData, cfg: Config, shard: Shard, device: torch.device) -> None:
+        from .augment import BatchAugment
+
+        self.data, self.shard, self.device, self.seed = data.to(device), shard, device, cfg.train.seed
+        a = cfg.augment
+        self.augment = BatchAugment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout or None) \
+            if a.train == "batched" else None
+        self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, data.num_classes
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, batch = self.shard.order(epoch).to(self.device), self.shard.batch
+        for step in range(start_step, self.steps_per_epoch):
+            idx = order[step * batch:(step + 1) * batch]
+            images = normalize(self.data.train_images[idx], self.data.mean, self.data.std)
+            if self.augment is not None:
+                images = self.augment(images, generator=generator(self.seed, epoch, step, self.shard.rank, 1))
+            yield images, self.data.train_labels[idx]
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = torch.tensor(self.shard.eval_indices(len(self.data.val_labels)), device=self.device)
+        for i in range(0, len(indices), batch_size):
+            idx = indices[i:i + batch_size]
+            yield normalize(self.data.val_images[idx], self.data.mean, self.data.std), self.data.val_labels[idx]
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Wraps a file data set so each sample's random transform is seeded by ``(seed, epoch, index)``: the same
+    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed_everything(step_seed(self.seed, self.epoch, index, 2))
+        return self.dataset[index]
+
+
+class FileBatches:
+    """Batches of a file data set through DataLoader workers."""
+
+    def __init__(self, train: Any, val: Any, num_classes: int, cfg: Config, shard: Shard,
+                 device: torch.device) -> None:
+        self.train, self.val = SeededDataset(train, cfg.train.seed), val
+        self.shard, self.device, self.workers = shard, device, cfg.data.workers
+        self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
+
+    def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
+
+    def _to_device(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.train.epoch = epoch
+        yield from self._to_device(self._loader(self.train, self.shard.order(epoch, start_step).tolist(),
+                                                self.shard.batch))
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
+
+
+def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.device,
+                  download: bool = False) -> TensorBatches | FileBatches:
+    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files.
+
+    ``shard_of(size)`` gives the :class:`Shard` of a training set of ``size`` samples for this process.
+    """
+    if source.in_memory:
+        data = load_tensor_data(source, image_size=cfg.data.image_size, download=download, seed=cfg.train.seed)
+        return TensorBatches(data, cfg, shard_of(len(data.train_labels)), device)
+    from .augment import bot_eval_transform, bot_train_transform
+
+    a, size = cfg.augment, cfg.data.image_size
+    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color) if a.train == "bot" else \
+        bot_eval_transform(size=size, resize=a.eval_resize or size)
+    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875))
+    if source.kind == "folder":
+        train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
+    else:
+        train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download)
+        n = n or cfg.model.num_classes
+        if n is None:
+            raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
+    return FileBatches(train, val, n, cfg, shard_of(len(train)), device)
