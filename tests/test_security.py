@@ -223,9 +223,22 @@ def test_each_checkpoint_file_replaced_by_a_payload_is_refused_and_nothing_runs(
         shutil.copytree(trained_run, run)
         payload = _payload_bytes(marker) if kind == "pickle" else _torch_payload(marker)
         (run / "checkpoints" / ckpt_name / name).write_bytes(payload)
+        _record_like_an_attacker(run / "checkpoints" / ckpt_name)  # the sizes and hashes match the payload
         with pytest.raises(CheckpointError, match=name.replace(".", "[.]")) as e:
             Trainer(cfg, run, resume=True).fit()
         assert "\n" not in str(e.value) and not marker.exists(), name
+
+
+def _record_like_an_attacker(ckpt):
+    """Rewrite the sizes and hashes of the checkpoint's ``COMPLETE`` marker to match its files, as whoever crafts a
+    checkpoint would: the hashes detect damage, not attacks."""
+    import json
+
+    from timm_tricks.checkpoint import file_record
+
+    marker = json.loads((ckpt / "COMPLETE").read_text())
+    marker["files"] = {name: file_record(ckpt / name) for name in marker["files"]}
+    (ckpt / "COMPLETE").write_text(json.dumps(marker))
 
 
 def test_a_checkpoint_in_the_pickle_layout_is_refused_unread_with_exit_2(trained_run, tmp_path):

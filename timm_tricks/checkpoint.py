@@ -8,7 +8,8 @@ A checkpoint is the folder ``checkpoints/ckpt-<global step>`` of a run:
 - ``ema.safetensors``: the EMA model, when the run keeps one;
 - ``trainer_state.json``: the step counters, every process's running loss sum, and the FP16 loss scaler's state;
 - ``summary.csv``: the epochs done, so the checkpoint resumes in any folder;
-- ``COMPLETE``: written last (JSON of the counters); a folder without it is not a checkpoint.
+- ``COMPLETE``: written last: the counters, and the size and SHA-256 of every other file (JSON); a folder
+  without it is not a checkpoint.
 
 Nothing is pickled, so nothing in a checkpoint can run code when it is loaded (a pickle, including torch's and
 accelerate's default ``.bin``/``.pkl`` files, calls whatever function it names). The random generators need no
@@ -16,15 +17,21 @@ saving: every draw of a step comes from generators seeded by (seed, epoch, step,
 :mod:`timm_tricks.train`. A checkpoint in the older pickle layout (accelerate's ``save_state``) is refused by
 name, unread.
 
-Checkpoints are written into a temporary folder and renamed into place, so a run killed mid-write never replaces
-the last good one.
+Checkpoints are written into a temporary folder, flushed to disk (``fsync`` of each file, of the folder, and of
+the parent after the rename into place), so a run killed mid-write, or a machine that loses power, never replaces
+the last good one. On resume :func:`newest_intact` checks every file against the marker and falls back to the
+newest checkpoint that is whole, with one warning line for each one it skips. The hashes catch damage, not
+attacks: whoever crafts a checkpoint writes its hashes too, which is why the files are data only.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +133,27 @@ def prune_checkpoints(folder: Path, keep: int, best: Path | None) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as the ``COMPLETE`` marker records them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_checkpoint(tmp: Path, final: Path, *, model: torch.nn.Module, optimizer: Any, ema: torch.nn.Module | None,
                      state: dict[str, Any], summary: Path | None) -> None:
-    """Write a checkpoint into ``tmp`` and rename it to ``final`` (main process only)."""
+    """Write a checkpoint into ``tmp``, flush it, and rename it to ``final`` (main process only)."""
     from safetensors.torch import save_model
 
     save_model(model, str(tmp / MODEL_FILE))
@@ -138,10 +163,60 @@ def write_checkpoint(tmp: Path, final: Path, *, model: torch.nn.Module, optimize
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
     if summary is not None and summary.exists():  # the epochs so far travel with the state
         shutil.copyfile(summary, tmp / SUMMARY_FILE)
-    (tmp / COMPLETE_MARKER).write_text(json.dumps(state["counters"]))
+    files = {}
+    for path in sorted(tmp.iterdir()):
+        _fsync(path)
+        files[path.name] = file_record(path)
+    (tmp / COMPLETE_MARKER).write_text(json.dumps(dict(state["counters"], files=files)))
+    _fsync(tmp / COMPLETE_MARKER)
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    _fsync(final.parent)
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file the ``COMPLETE`` marker of ``path`` records is there with its size and SHA-256, and
+    the files a resume needs are among them; else what is wrong, in a few words."""
+    try:
+        files = json.loads((path / COMPLETE_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return f"its {COMPLETE_MARKER} marker is not readable"
+    if not isinstance(files, dict) or not {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE} <= set(files):
+        return f"its {COMPLETE_MARKER} marker does not list the model, optimizer and state files"
+    for name, record in files.items():
+        file = path / str(name)
+        if "/" in name or not file.is_file():
+            return f"{name} is missing"
+        if not isinstance(record, dict) or file.stat().st_size != record.get("size"):
+            return f"{name} has {file.stat().st_size} bytes, not the {record.get('size')} recorded"
+        if file_record(file)["sha256"] != record.get("sha256"):
+            return f"{name} does not match its recorded SHA-256"
+    return None
+
+
+def newest_intact(folder: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest complete checkpoint in ``folder`` whose files all match its marker, None if there is none;
+    ``warn`` gets one line for each newer one skipped. A checkpoint in the pickle layout stops the search with a
+    :class:`CheckpointError` (it is refused, not silently passed over)."""
+    for path in reversed(list_checkpoints(folder)):
+        refuse_pickled_layout(path)
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path
+        warn(f"checkpoint {str(path)!r} is damaged ({reason}); trying the one before it")
+    return None
+
+
+def refuse_pickled_layout(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the pickle files of ``path`` (the layout of accelerate's
+    ``save_state``, whose files run code when loaded), unread."""
+    pickled = sorted(p.name for pattern in PICKLED_LAYOUT for p in path.glob(pattern))
+    if pickled:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds pickle files ({', '.join(pickled)}), which can run "
+                              "code when loaded; it is refused unread (timm_tricks writes safetensors and JSON "
+                              "only: train again, or continue from a checkpoint of this version)")
 
 
 def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Any, ema: torch.nn.Module | None
@@ -153,11 +228,7 @@ def read_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Any, ema: 
     """
     from safetensors.torch import load_model
 
-    pickled = sorted(p.name for pattern in PICKLED_LAYOUT for p in path.glob(pattern))
-    if pickled:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds pickle files ({', '.join(pickled)}), which can run "
-                              "code when loaded; it is refused unread (timm_tricks writes safetensors and JSON "
-                              "only: train again, or continue from a checkpoint of this version)")
+    refuse_pickled_layout(path)
     current = ""
     try:
         current = STATE_FILE

@@ -36,7 +36,9 @@ from torch import nn
 from .batches import build_batches
 from .checkpoint import (
     CHECKPOINT_PREFIX,
+    CheckpointError,
     list_checkpoints,
+    newest_intact,
     prune_checkpoints,
     read_checkpoint,
     read_summary,
@@ -315,12 +317,17 @@ class Trainer:
             (self.output_dir / "checkpoints" / "best.txt").write_text(ckpt.name)
 
     def _load_latest(self) -> bool:
-        ckpts = list_checkpoints(self.output_dir / "checkpoints")
-        if not ckpts:
+        folder, acc = self.output_dir / "checkpoints", self.accelerator
+        if not list_checkpoints(folder):
             return False
-        acc = self.accelerator
-        state = read_checkpoint(ckpts[-1], model=acc.unwrap_model(self.model), optimizer=self.optimizer,
-                                ema=self.ema)
+        warnings: list[str] = []
+        ckpt = newest_intact(folder, warnings.append)
+        if acc.is_main_process:
+            for line in warnings:
+                print(f"timm-tricks: warning: {line}", file=sys.stderr)
+        if ckpt is None:
+            raise CheckpointError(f"--resume: no checkpoint in {str(folder)!r} is intact ({warnings[0]})")
+        state = read_checkpoint(ckpt, model=acc.unwrap_model(self.model), optimizer=self.optimizer, ema=self.ema)
         self.state.load_state_dict(state["counters"])
         sums = state.get("loss_sums") or [0.0]
         # a resume on another number of processes shares the epoch's loss so far out evenly
@@ -328,8 +335,8 @@ class Trainer:
         if acc.scaler is not None and state.get("scaler"):
             acc.scaler.load_state_dict(state["scaler"])
         self.scheduler.step_update(self.state.num_updates)
-        self._restore_summary(ckpts[-1], self.state.epoch)
-        acc.print(f"resumed from {ckpts[-1]} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        self._restore_summary(ckpt, self.state.epoch)
+        acc.print(f"resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         return True
 
     def _restore_summary(self, checkpoint: Path, epochs_done: int) -> None:
