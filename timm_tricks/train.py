@@ -50,6 +50,7 @@ from .evaluate import evaluate_model, shard_for
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .mixup import create_mixup, set_mixup_epoch
 from .optim import create_optimizer
+from .run_folder import RunFolder, write_atomic
 from .schedule import TricksScheduler, schedule_from_config
 from .seeding import seed_everything, step_seed
 
@@ -113,7 +114,6 @@ class Trainer:
 
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
         self.step_callback = step_callback
-        self._check_output_dir()
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only_distributed(),
             mixed_precision=cfg.train.precision,
@@ -122,6 +122,17 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
         )
         acc = self.accelerator
+        self.folder = RunFolder(self.output_dir, resume)
+        self._claim_folder()
+        try:
+            self._setup(download)
+        except BaseException:
+            if acc.is_main_process:
+                self.folder.abandon()
+            raise
+
+    def _setup(self, download: bool) -> None:
+        cfg, acc = self.cfg, self.accelerator
         launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
         if launched and launched != cfg.train.precision and acc.is_main_process:
             print(f"timm-tricks: warning: the launcher asks for mixed precision {launched!r}, the recipe for "
@@ -148,14 +159,21 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
-    def _check_output_dir(self) -> None:
-        out = self.output_dir
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--output {str(out)!r} is a file, not a folder")
-        has_run = (out / "config.yaml").exists() or (out / "checkpoints").exists()
-        if has_run and not self.resume:
-            raise ConfigError(f"--output {str(out)!r} already holds a run; pass --resume to continue it or choose "
-                              "another folder (nothing was changed)")
+    def _claim_folder(self) -> None:
+        """Claim the output folder on the main process (:class:`timm_tricks.run_folder.RunFolder`); every process
+        raises the same error if the claim is refused."""
+        acc, refused = self.accelerator, [None]
+        if acc.is_main_process:
+            try:
+                self.folder.claim(self.cfg.to_yaml())
+            except ConfigError as e:
+                refused = [str(e)]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(refused)
+        if refused[0]:
+            raise ConfigError(refused[0])
 
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -356,12 +374,19 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train ``train.epochs`` epochs (or what is left of them) and return the final metrics."""
+        acc = self.accelerator
+        try:
+            return self._fit()
+        except BaseException:
+            if acc.is_main_process:
+                self.folder.abandon()  # before the first checkpoint: leave nothing that blocks a plain retry
+            raise
+        finally:
+            self.folder.release()
+
+    def _fit(self) -> dict[str, float]:
         cfg, acc, st = self.cfg, self.accelerator, self.state
         out = self.output_dir
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(cfg.to_yaml())
-        acc.wait_for_everyone()
         if self.resume:
             self._load_latest()
         acc.init_trackers("tensorboard", config=_flat_hparams(cfg))
@@ -420,15 +445,16 @@ class Trainer:
         acc.wait_for_everyone()
         if not acc.is_main_process:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        model = acc.unwrap_model(self.model)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(self.output_dir / "model.safetensors"))
+        # final files through a temporary name and a rename (:func:`timm_tricks.run_folder.write_atomic`)
+        models = {"model.safetensors": acc.unwrap_model(self.model)}
         if self.ema is not None:
-            ema_state = {k: v.detach().contiguous().cpu() for k, v in self.ema.module.state_dict().items()}
-            save_file(ema_state, str(self.output_dir / "model_ema.safetensors"))
-        (self.output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+            models["model_ema.safetensors"] = self.ema.module
+        for name, model in models.items():
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            write_atomic(self.output_dir / name, save(state))
+        write_atomic(self.output_dir / "metrics.json", (json.dumps(final, indent=2) + "\n").encode())
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:
