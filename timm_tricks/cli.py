@@ -160,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .train import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, tta_flip=args.tta, download=args.download)
     text = json.dumps(metrics, indent=2)

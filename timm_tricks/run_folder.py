@@ -110,8 +110,11 @@ class RunFolder:
         if found and not self.resume:
             raise ConfigError(f"--output {str(out)!r} already holds a run ({', '.join(found)}); pass --resume to "
                               "continue it or choose another folder (nothing was changed)")
-        if found and self.resume and not (out / "config.yaml").is_file():
-            raise ConfigError(f"--output {str(out)!r} holds {', '.join(found)} but no config.yaml: it is not a run "
+        # (checkpoints alone, without config.yaml: a checkpoint moved into a new folder, such as a restored Ray
+        # Tune trial's, which resumes anywhere)
+        others = [name for name in found if name != "checkpoints"]
+        if others and self.resume and not (out / "config.yaml").is_file():
+            raise ConfigError(f"--output {str(out)!r} holds {', '.join(others)} but no config.yaml: it is not a run "
                               "this program can resume (nothing was changed)")
         if self.resume and (out / "config.yaml").is_file():
             self._check_same_config(yaml.safe_load((out / "config.yaml").read_text()) or {},
