@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -76,7 +76,7 @@ def ghost_batch_norm(
         ValueError: For a non-4D input, ``num_splits < 1``, or a batch size not divisible by ``num_splits``.
     """
     if x.dim() != 4:
-        raise ValueError(f'ghost_batch_norm expects a 4D (N, C, H, W) input, got shape {tuple(x.shape)}')
+        raise ValueError(f'ghost_batch_norm expects a 4D (N, C, H, W) input, got shape {list(x.shape)}')
     if num_splits < 1:
         raise ValueError(f'num_splits must be >= 1, got {num_splits}')
     n, c, h, w = x.shape
@@ -104,6 +104,7 @@ def ghost_batch_norm(
     return y.reshape(n, c, h, w).to(x.dtype)
 
 
+@register_notrace_module  # data-dependent checks: a leaf for timm's FX feature extraction
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that normalises ``num_splits`` groups of the batch separately in training.
 
@@ -146,8 +147,8 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ghost BN in training (or without running stats), running-stat BN in eval."""
-        if self.num_splits == 1:
-            return super().forward(x)
+        if x.dim() != 4:
+            raise ValueError(f'expected 4D input (got {x.dim()}D input)')
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         if use_batch_stats and x.shape[0] % self.num_splits:
             # checked here too so that a rejected batch leaves num_batches_tracked alone
@@ -162,6 +163,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if not use_batch_stats:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         track = self.training and self.track_running_stats
+        if self.num_splits == 1:  # plain batch norm, as nn.BatchNorm2d computes it
+            return F.batch_norm(
+                x, self.running_mean if track else None, self.running_var if track else None,
+                self.weight, self.bias, True, factor, self.eps)
         return ghost_batch_norm(
             x, self.num_splits,
             self.running_mean if track else None,
