@@ -18,16 +18,15 @@ options below switch those on. Weight init is PyTorch's default, as in cifar10-f
 ``bn_weight_init`` and beta at 0.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 __all__ = ['GhostBatchNorm2d', 'MyrtleResNet9', 'ghost_batch_norm', 'ACTIVATIONS']
 
@@ -36,6 +35,8 @@ ACTIVATIONS: tuple[str, ...] = ('relu', 'celu')
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_LAYERS = ('layer1', 'layer2', 'layer3')
 
 
 def ghost_batch_norm(
@@ -75,7 +76,7 @@ def ghost_batch_norm(
         ValueError: For a non-4D input, ``num_splits < 1``, or a batch size not divisible by ``num_splits``.
     """
     if x.dim() != 4:
-        raise ValueError(f'ghost_batch_norm expects a 4D (N, C, H, W) input, got shape {tuple(x.shape)}')
+        raise ValueError(f'ghost_batch_norm expects a 4D (N, C, H, W) input, got shape {list(x.shape)}')
     if num_splits < 1:
         raise ValueError(f'num_splits must be >= 1, got {num_splits}')
     n, c, h, w = x.shape
@@ -103,6 +104,7 @@ def ghost_batch_norm(
     return y.reshape(n, c, h, w).to(x.dtype)
 
 
+@register_notrace_module  # data-dependent checks: a leaf for timm's FX feature extraction
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that normalises ``num_splits`` groups of the batch separately in training.
 
@@ -145,8 +147,8 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ghost BN in training (or without running stats), running-stat BN in eval."""
-        if self.num_splits == 1:
-            return super().forward(x)
+        if x.dim() != 4:
+            raise ValueError(f'expected 4D input (got {x.dim()}D input)')
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         if use_batch_stats and x.shape[0] % self.num_splits:
             # checked here too so that a rejected batch leaves num_batches_tracked alone
@@ -161,6 +163,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if not use_batch_stats:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         track = self.training and self.track_running_stats
+        if self.num_splits == 1:  # plain batch norm, as nn.BatchNorm2d computes it
+            return F.batch_norm(
+                x, self.running_mean if track else None, self.running_var if track else None,
+                self.weight, self.bias, True, factor, self.eps)
         return ghost_batch_norm(
             x, self.num_splits,
             self.running_mean if track else None,
@@ -209,6 +215,11 @@ class Residual(nn.Module):
         return x + self.res2(self.res1(x))
 
 
+def _make_pool(pool_type: str) -> SelectAdaptivePool2d:
+    """timm's global pool, flattened only when it pools: ``''`` keeps the NCHW map (as timm's classifiers do)."""
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
 class MyrtleResNet9(nn.Module):
     """Myrtle.ai's ResNet-9 ("How to train your ResNet") with timm's model interface."""
 
@@ -231,7 +242,8 @@ class MyrtleResNet9(nn.Module):
         """Build the network.
 
         Args:
-            num_classes: Classifier outputs; 0 removes the classifier (``forward`` returns pooled features).
+            num_classes: Classifier outputs; 0 removes the classifier (``forward`` returns pooled features, or
+                the unpooled map with ``global_pool=''``).
             in_chans: Input channels.
             channels: Widths of ``prep``, ``layer1``, ``layer2``, ``layer3`` (64, 128, 256, 512 in the reference).
             output_scale: Multiplies the logits (0.125 in the reference; the final recipe uses 1/16 with frozen
@@ -299,7 +311,7 @@ class MyrtleResNet9(nn.Module):
             dict(num_chs=c3, reduction=8, module='layer3'),
         ]
         self.num_features = self.head_hidden_size = c3
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = _make_pool(global_pool)
         self.fc = self._make_fc(num_classes)
 
     def _make_fc(self, num_classes: int) -> nn.Module:
@@ -330,10 +342,78 @@ class MyrtleResNet9(nn.Module):
         """
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = _make_pool(global_pool)
             self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         device = next(self.parameters()).device
         self.fc = self._make_fc(num_classes).to(device)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward_features`` that also returns the outputs of ``prep`` and layers 1-3 (timm's feature API).
+
+        Args:
+            x: Input images.
+            indices: Taps to return, as indices into ``feature_info``: the last n if an int, all if None.
+            norm: Accepted for timm's interface; there is no norm layer after the last tap.
+            stop_early: Stop after the last requested tap (the returned features are then that tap's output).
+            output_fmt: Only ``'NCHW'``.
+            intermediates_only: Return only the taps.
+
+        Returns:
+            The list of taps, or ``(features, taps)`` with the features of ``forward_features``.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f'Unsupported output_fmt={output_fmt!r}; valid choices: NCHW')
+        take_indices, max_index = feature_take_indices(len(_LAYERS) + 1, indices)
+        intermediates = []
+        x = self.prep(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        layers = _LAYERS[:max_index] if stop_early else _LAYERS
+        for idx, name in enumerate(layers, start=1):
+            layer = getattr(self, name)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(layer, x)
+            else:
+                x = layer(x)
+            if idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the layers after the last tap in ``indices`` (timm's feature API).
+
+        Args:
+            indices: Taps to keep, as in ``forward_intermediates``.
+            prune_norm: Accepted for timm's interface (there is no final norm).
+            prune_head: Remove the pool and classifier (always done when layers are dropped).
+
+        Returns:
+            The absolute indices of the kept taps.
+        """
+        take_indices, max_index = feature_take_indices(len(_LAYERS) + 1, indices)
+        for name in _LAYERS[max_index:]:
+            setattr(self, name, nn.Identity())
+        if max_index < len(_LAYERS):
+            # the features now end at the last kept tap; the classifier was sized for layer3
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or max_index < len(_LAYERS):
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``prep`` and layers 1-3: the unpooled 512-channel features."""

@@ -23,8 +23,6 @@ Module names follow timm (``stem``, ``stages.N.pool``, ``stages.N.blocks.M``, ``
 they follow the reference (``bn1``, ``proj_conv``, ``convs.conv1`` ...).
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
@@ -35,6 +33,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, LayerType, get_act_layer, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 __all__ = ['IdentityResidualBlock', 'WiderResNet', 'stage_plan', 'WIDER_RESNET_WIDTHS']
 
@@ -46,6 +45,7 @@ INPLACE_ABN_SLOPE = 0.01
 """InPlace-ABN's default leaky ReLU slope (``activation_param``)."""
 
 _OUTPUT_STRIDES = (8, 16, 32)
+_NUM_TAPS = 8  # feature_info: the stem, six stages and the final BN-act
 
 
 def stage_plan(
@@ -329,6 +329,84 @@ class WiderResNet(nn.Module):
         """
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward_features`` that also returns the taps of ``feature_info`` (timm's feature API).
+
+        The taps are the stem, the six stages and the final BN-act (``norm``), eight in all.
+
+        Args:
+            x: Input images.
+            indices: Taps to return, as indices into ``feature_info``: the last n if an int, all if None.
+            norm: Accepted for timm's interface; the final BN-act is a tap of its own (the last one).
+            stop_early: Stop after the last requested tap (the returned features are then that tap's output).
+            output_fmt: Only ``'NCHW'``.
+            intermediates_only: Return only the taps.
+
+        Returns:
+            The list of taps, or ``(features, taps)`` with the features of ``forward_features``.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f'Unsupported output_fmt={output_fmt!r}; valid choices: NCHW')
+        norm_index = _NUM_TAPS - 1
+        take_indices, max_index = feature_take_indices(_NUM_TAPS, indices)
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = self.stages[:max_index] if stop_early else self.stages
+        for idx, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                if hasattr(stage, 'pool'):
+                    x = stage.pool(x)
+                x = checkpoint_seq(stage.blocks, x)
+            else:
+                x = stage(x)
+            if idx in take_indices:
+                intermediates.append(x)
+        if stop_early and max_index < norm_index:
+            return intermediates if intermediates_only else (x, intermediates)
+        x = self.norm(x)
+        if norm_index in take_indices:
+            intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages (and the final BN-act) after the last tap in ``indices`` (timm's feature API).
+
+        Args:
+            indices: Taps to keep, as in ``forward_intermediates``.
+            prune_norm: Accepted for timm's interface: the final BN-act is a tap, kept exactly when it is asked for.
+            prune_head: Remove the pool and classifier (always done when stages are dropped).
+
+        Returns:
+            The absolute indices of the kept taps.
+        """
+        norm_index = _NUM_TAPS - 1
+        take_indices, max_index = feature_take_indices(_NUM_TAPS, indices)
+        if max_index < norm_index:
+            # the features now end at the last kept tap; the head was sized for the final BN-act
+            self.stages = self.stages[:max_index]
+            self.norm = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or max_index < norm_index:
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and the final BN-act: the unpooled features."""
