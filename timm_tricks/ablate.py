@@ -17,9 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError, TrainingError
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
-from .train import TrainingError
 from .tune import experiment_dir, experiment_guard, fit, ray_session, result_summary, trial_workers
 
 

@@ -19,15 +19,12 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from .config import scale_lr as scale_lr  # re-exported: the linear scaling rule lives with the config
+
 if TYPE_CHECKING:
     from .config import Config
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-
-
-def scale_lr(base_lr: float, batch_size: int, base_batch_size: int = 256) -> float:
-    """The linear scaling rule: ``base_lr x batch_size / base_batch_size`` (Bag of Tricks Sec. 3.1)."""
-    return base_lr * batch_size / base_batch_size
 
 
 def classify_parameters(model: nn.Module) -> dict[str, str]:

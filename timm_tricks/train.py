@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, ConfigError
+from .config import Config
 from .data import (
-    DataError,
     Source,
     TensorData,
     folder_datasets,
@@ -45,6 +44,7 @@ from .data import (
     parse_source,
     timm_datasets,
 )
+from .errors import ConfigError, DataError, TrainingError
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .mixup import create_mixup, set_mixup_epoch
 from .optim import create_optimizer
@@ -54,10 +54,6 @@ from .tta import flip_tta
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
 CHECKPOINT_PREFIX = "ckpt-"
 COMPLETE_MARKER = "COMPLETE"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names the step and the checkpoint kept."""
 
 
 def step_seed(*parts: int) -> int:
