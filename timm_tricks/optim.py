@@ -1,7 +1,8 @@
 """Optimizer factory: parameter groups for no bias decay and the BN-bias multipliers, and the linear scaling rule.
 
 The optimizer itself comes from :func:`timm.optim.create_optimizer_v2`; this module only decides the parameter
-groups and the learning rate.
+groups and the learning rate. :func:`scale_lr` is defined in :mod:`timm_tricks.config` (which derives the scaled
+peak without torch) and re-exported here.
 
 Sources:
     * Linear scaling (Goyal et al. 2017; He et al., "Bag of Tricks", CVPR 2019, Sec. 3.1): lr = 0.1 x b / 256.
