@@ -56,7 +56,8 @@ def test_options_that_undo_a_rung_skip_it():
     ("recipe: digits\nrungs:\n  - name: a\n  - name: a\n", "unique"),
     ("recipe: digits\nteacher: {rung: nope}\nrungs:\n  - name: a\n", "'teacher' needs 'rung:'"),
     ("rungs:\n  - name: a\n", "needs a 'recipe:'"),
-    ("recipe: digits\nrungs:\n  - name: a\n    sett: {}\n", "unknown entries ['sett']"),
+    ("recipe: digits\nrungs:\n  - name: a\n    sett: {}\n",
+     "unknown ladder entry 'rungs[0].sett'; did you mean 'rungs[0].set'?"),
 ])
 def test_bad_ladders_are_rejected_by_name(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -94,3 +94,23 @@ def test_ablate_lists_the_shipped_ladders(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["bag_of_tricks", "myrtle_resnet9"]
     assert "10 rungs" in lines[0]
+
+
+def test_recipes_show_checks_the_names_of_a_users_recipe_file(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: digits\nmodel:\n  name: resnet18d_trick\n")
+    assert main(["recipes", "show", str(path)]) == 2
+    assert "unknown model.name 'resnet18d_trick'; did you mean 'resnet18d_tricks'" in capsys.readouterr().err
+
+
+def test_a_stopped_run_exits_1_with_one_line(monkeypatch, capsys):
+    from timm_tricks import train
+    from timm_tricks.errors import TrainingError
+
+    def fit(self):
+        raise TrainingError("non-finite loss at epoch 0 step 3")
+
+    monkeypatch.setattr(train.Trainer, "__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr(train.Trainer, "fit", fit)
+    assert main(["train", "--recipe", "digits", "--output", "unused"]) == 1
+    assert capsys.readouterr().err == "timm-tricks: training stopped: non-finite loss at epoch 0 step 3\n"

@@ -148,3 +148,37 @@ def test_model_kwargs_pass_only_set_options():
     kwargs = cfg.model_kwargs(10)
     assert kwargs["pretrained_cfg_overlay"] == {"file": "/w.safetensors"} and kwargs["ghost_bn_splits"] == 16
     assert "zero_gamma" not in kwargs and "init" not in kwargs
+
+
+def test_layers_apply_in_order_and_the_readme_call_still_works():
+    tour = load_config("bag_of_tricks", ["optim.lr=0.2", "train.epochs=90"])
+    assert (tour.optim.lr, tour.train.epochs) == (0.2, 90)
+    cfg = load_config("digits", ["optim.lr=0.2", "train.epochs=5"], {"optim.lr": 0.3}, {"train": {"epochs": 7}},
+                      "mixup.alpha=0.2")
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.mixup.alpha) == (0.3, 7, 0.2)
+    assert cfg.model.name == "resnet18d_tricks"  # the rest of the recipe stays
+
+
+def test_names_are_checked_against_timm_only_when_asked():
+    cfg = load_config("digits", ["model.name=no_such_net"], check_names=False)
+    assert cfg.model.name == "no_such_net"
+    with pytest.raises(ConfigError, match="unknown model.name 'no_such_net'"):
+        from_dict(cfg.to_dict())
+
+
+def test_each_choice_list_has_one_home():
+    import dataclasses
+
+    from timm_tricks import augment, choices, config, data, losses, schedule, tune
+    from timm_tricks.models import resnet_tricks
+
+    def field_choices(section, name):
+        return {f.name: f for f in dataclasses.fields(section)}[name].metadata["choices"]
+
+    assert field_choices(config.ScheduleConfig, "name") is schedule.SCHEDULES is choices.SCHEDULES
+    assert field_choices(config.LossConfig, "smoothing_form") is losses.SMOOTHING_FORMS is choices.SMOOTHING_FORMS
+    assert field_choices(config.AugmentConfig, "color") == (*augment.COLOR_MODES, None)
+    assert field_choices(config.ModelConfig, "init") == (*resnet_tricks.INIT_SCHEMES, None)
+    assert data.SOURCE_KINDS is choices.SOURCE_KINDS and tune.SCHEDULERS is choices.SCHEDULERS
+    assert set(choices.TRAIN_SET_SIZES) <= set(choices.SOURCE_KINDS)
+    assert choices.TRAIN_SET_SIZES["digits"] == len(data.load_digits().train_labels)

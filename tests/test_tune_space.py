@@ -6,7 +6,7 @@ import pytest
 from ray import tune
 
 from timm_tricks.config import ConfigError, load_config
-from timm_tricks.tune_space import list_spaces, load_space, nested
+from timm_tricks.tune_space import list_spaces, load_space
 
 SHIPPED = {"bag_of_tricks", "myrtle_resnet9", "xception", "wider_resnet", "digits"}
 
@@ -26,7 +26,7 @@ def test_shipped_spaces_load_and_convert():
 
 
 def test_sampled_values_become_a_valid_config():
-    cfg = load_config("digits", **nested({"optim.lr": 0.3, "schedule.warmup_epochs": 2, "mixup.alpha": 0.2}))
+    cfg = load_config("digits", {"optim.lr": 0.3, "schedule.warmup_epochs": 2, "mixup.alpha": 0.2})
     assert (cfg.optim.lr, cfg.schedule.warmup_epochs, cfg.mixup.alpha) == (0.3, 2.0, 0.2)
     assert cfg.model.name == "resnet18d_tricks"  # the rest of the recipe stays
 
@@ -42,9 +42,9 @@ def test_sampled_values_become_a_valid_config():
     ("space:\n  schedule.name: {choice: [cosine, cosin]}\n", "schedule.name='cosin' is not a valid choice"),
     ("space:\n  optim.lr: [0.1, 0.2]\n", "must map to one distribution"),
     ("space:\n  optim.lr: {quniform: [0.1, 0.5]}\n", "[low, high, q]"),
-    ("metric: top1\nspace:\n  optim.lr: {uniform: [0.1, 0.2]}\n", "unknown metric 'top1'"),
+    ("metric: top1\nspace:\n  optim.lr: {uniform: [0.1, 0.2]}\n", "metric='top1' is not a valid choice"),
     ("recipe: digits\n", "needs a 'space:' mapping"),
-    ("space:\n  optim.lr: {uniform: [0.1, 0.2]}\nsampler: tpe\n", "unknown entries ['sampler']"),
+    ("space:\n  optim.lr: {uniform: [0.1, 0.2]}\nsampler: tpe\n", "unknown search space entry 'sampler'"),
 ])
 def test_bad_spaces_are_named(tmp_path, body, message):
     path = tmp_path / "bad.yaml"

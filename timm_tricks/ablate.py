@@ -17,10 +17,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError, TrainingError
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
 from .ray_cluster import ray_session
-from .train import TrainingError
 from .tune import experiment_dir, experiment_guard, fit, result_summary, trial_workers
 
 

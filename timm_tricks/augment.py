@@ -37,6 +37,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import is_pure_tensor
 
+from .choices import COLOR_MODES
+
 __all__ = [
     "IMAGENET_PCA_EIGVAL",
     "IMAGENET_PCA_EIGVEC",
@@ -548,8 +550,8 @@ def bot_train_transform(
     size = _check_positive_int(size, "size")
     if pca_std is not None and not (math.isfinite(pca_std) and pca_std >= 0):
         raise ValueError(f"pca_std must be None or a finite number >= 0, got {pca_std}")
-    if color not in ("hsv", "jitter", None):
-        raise ValueError(f"color must be one of 'hsv', 'jitter', None, got {color!r}")
+    if color not in (*COLOR_MODES, None):
+        raise ValueError(f"color must be one of {', '.join(map(repr, COLOR_MODES))}, None, got {color!r}")
     if not (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0):
         raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale}")
     if not (len(ratio) == 2 and 0.0 < ratio[0] <= ratio[1]):

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
+from .errors import CheckpointError
 
 CHECKPOINT_PREFIX = "ckpt-"
 COMPLETE_MARKER = "COMPLETE"
@@ -48,10 +48,6 @@ STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "summary.csv"
 PICKLED_LAYOUT = ("*.pkl", "*.bin", "*.pt")  # what accelerate's save_state wrote (optimizer.bin, *_0.pkl, scaler.pt)
 TREE_KEY = "timm_tricks.tree"  # safetensors metadata key of a tree's JSON structure
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be loaded (damaged, in the pickle layout, or not a checkpoint); the message names it."""
 
 
 # ------------------------------------------------------------------------------------------------------------------

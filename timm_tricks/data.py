@@ -20,15 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .choices import SOURCE_KINDS
+from .errors import DataError
 from .safe_pickle import RefusedPickle, load_data_pickle
+from .schema import suggest
 
-SOURCE_KINDS = ("digits", "synthetic", "folder", "cifar10", "cifar100", "timm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DataError(ConfigError):
-    """A data source the user named cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +45,8 @@ def parse_source(spec: str) -> Source:
     """Split ``kind[:arg]`` and check the kind; ``folder`` and ``timm`` need their argument."""
     kind, _, arg = spec.partition(":")
     if kind not in SOURCE_KINDS:
-        import difflib
-
-        close = difflib.get_close_matches(kind, SOURCE_KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise DataError(f"unknown data source {spec!r}{hint} Valid: digits, synthetic[:N], folder:PATH, "
-                        "cifar10[:ROOT], cifar100[:ROOT], timm:NAME[:ROOT]")
+        raise DataError(f"unknown data source {spec!r}{suggest(kind, SOURCE_KINDS)} Valid: digits, synthetic[:N], "
+                        "folder:PATH, cifar10[:ROOT], cifar100[:ROOT], timm:NAME[:ROOT]")
     if kind in ("folder", "timm") and not arg:
         raise DataError(f"data source {kind!r} needs an argument: {kind}:{'PATH' if kind == 'folder' else 'NAME'}")
     if kind == "synthetic" and arg and (not arg.isdigit() or int(arg) < 2):

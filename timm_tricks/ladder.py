@@ -30,22 +30,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    Config,
-    ConfigError,
-    _unknown,
-    all_keys,
-    deep_merge,
-    load_config,
-    named_yaml,
-    parse_overrides,
-    read_yaml_mapping,
-)
-from .tune_space import METRICS, nested
+from .choices import METRICS
+from .config import Config, load_config
+from .errors import ConfigError
+from .schema import Layer, build, nest, option
+from .shipped import LADDERS
 
-LADDER_DIR = Path(__file__).parent / "ladders"
-TOP_KEYS = ("name", "description", "source", "recipe", "metric", "teacher", "rungs")
-RUNG_KEYS = ("name", "set", "needs_gpu", "paper")
+LADDER_DIR = LADDERS.folder
+list_ladders = LADDERS.names  # the shipped ladders
+
+
+@dataclass(kw_only=True)
+class RungEntry:
+    """A rung in a ladder file."""
+
+    name: str = option(doc="the rung's name, unique in the ladder")
+    set: dict[str, Any] = option({}, doc="dotted config keys and the values this rung gives them")
+    needs_gpu: bool = option(False, doc="left out, with its changes, when the trials have no GPU")
+    paper: float | None = option(None, doc="the number the source reports for this rung")
+
+
+@dataclass(kw_only=True)
+class TeacherEntry:
+    """The ``teacher:`` of a ladder file: the rung whose config trains the teacher, and what it changes."""
+
+    rung: str = option(doc="naming one of the rungs")
+    set: dict[str, Any] = option({}, doc="dotted config keys, e.g. the teacher's model.name")
+
+
+@dataclass(kw_only=True)
+class LadderFile:
+    """The entries of a ladder file."""
+
+    recipe: str = option(doc="the recipe of the first rung")
+    rungs: list[RungEntry] = option([], doc="the rungs in order, each adding to those above it")
+    name: str | None = option(None, doc="default: the file's name")
+    description: str = option("")
+    source: str = option("")
+    metric: str = option("eval_top1", choices=METRICS)
+    teacher: TeacherEntry | None = option(None)
 
 
 @dataclass(frozen=True)
@@ -85,72 +108,46 @@ class PlannedRung:
     skipped: str | None = None
 
 
-def list_ladders() -> list[str]:
-    """Names of the shipped ladders."""
-    return sorted(p.stem for p in LADDER_DIR.glob("*.yaml"))
-
-
-def _changes(where: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: 'set' must map dotted config keys to values, got {value!r}")
-    keys = all_keys()
-    for key in value:
-        if key not in keys and not str(key).startswith("model.kwargs."):
-            raise ConfigError(f"{where}: " + _unknown("config key", str(key), keys))
+def _changes(where: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A rung's ``set``, each key and value checked against the config schema."""
+    try:
+        build(Config, nest(value), "config key")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return dict(value)
 
 
 def load_ladder(name_or_path: str | Path) -> Ladder:
     """Load and validate a shipped ladder by name, or a YAML file by path."""
-    path = named_yaml(name_or_path, LADDER_DIR, "ladder")
+    path, spec = LADDERS.load(name_or_path, LadderFile)
     where = f"ladder {str(path)!r}"
-    data = read_yaml_mapping(path, "ladder")
-    if not isinstance(data.get("rungs"), list) or not data["rungs"]:
+    if not spec.rungs:
         raise ConfigError(f"{where} needs a 'rungs:' list")
-    if set(data) - set(TOP_KEYS):
-        raise ConfigError(f"{where}: unknown entries {sorted(set(data) - set(TOP_KEYS))}; valid: {', '.join(TOP_KEYS)}")
-    if not data.get("recipe"):
-        raise ConfigError(f"{where} needs a 'recipe:' for its first rung")
-    metric = data.get("metric", "eval_top1")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: " + _unknown("metric", str(metric), list(METRICS)))
-    rungs = []
-    for i, entry in enumerate(data["rungs"]):
-        if not isinstance(entry, dict) or not entry.get("name"):
-            raise ConfigError(f"{where}: rung {i + 1} needs a 'name'")
-        rung_where = f"{where}, rung {entry['name']!r}"
-        if set(entry) - set(RUNG_KEYS):
-            raise ConfigError(f"{rung_where}: unknown entries {sorted(set(entry) - set(RUNG_KEYS))}; "
-                              f"valid: {', '.join(RUNG_KEYS)}")
-        paper = entry.get("paper")
-        if paper is not None and not isinstance(paper, (int, float)):
-            raise ConfigError(f"{rung_where}: 'paper' must be a number, got {paper!r}")
-        rungs.append(Rung(str(entry["name"]), _changes(rung_where, entry.get("set")), bool(entry.get("needs_gpu")),
-                          None if paper is None else float(paper)))
+    rungs = tuple(Rung(r.name, _changes(f"{where}, rung {r.name!r}", r.set), r.needs_gpu, r.paper)
+                  for r in spec.rungs)
     names = [r.name for r in rungs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: rung names must be unique")
-    teacher = data.get("teacher") or {}
-    if teacher and (not isinstance(teacher, dict) or teacher.get("rung") not in names):
+    teacher = spec.teacher
+    if teacher is not None and teacher.rung not in names:
         raise ConfigError(f"{where}: 'teacher' needs 'rung:' naming one of the rungs ({', '.join(names)})")
-    return Ladder(str(data.get("name") or path.stem), str(data.get("description", "")), str(data["recipe"]),
-                  metric, tuple(rungs), teacher.get("rung"), _changes(f"{where}, teacher", teacher.get("set")))
+    return Ladder(spec.name or path.stem, spec.description, spec.recipe, spec.metric, rungs,
+                  teacher.rung if teacher else None, _changes(f"{where}, teacher", teacher.set) if teacher else {})
 
 
-def _config(ladder: Ladder, changes: dict[str, Any], overrides: list[str], updates: dict[str, Any]) -> Config:
+def _config(ladder: Ladder, layers: list[Layer], overrides: Layer, updates: Layer) -> Config:
     """The recipe, then the rungs' changes, then the command's ``--set`` overrides, then its flags."""
-    return load_config(ladder.recipe, [], **deep_merge(deep_merge(changes, parse_overrides(overrides)), updates))
+    return load_config(ladder.recipe, *layers, overrides, updates)
 
 
-def _cumulative(ladder: Ladder, gpu: bool) -> Iterator[tuple[Rung, dict[str, Any]]]:
-    """Each rung with the changes of it and of every rung above it; a rung that needs a GPU adds nothing without."""
-    changes: dict[str, Any] = {}
+def _cumulative(ladder: Ladder, gpu: bool) -> Iterator[tuple[Rung, list[dict[str, Any]]]]:
+    """Each rung with the changes of it and of every rung above it, as layers in order; a rung that needs a GPU
+    adds nothing without one."""
+    layers: list[dict[str, Any]] = []
     for rung in ladder.rungs:
         if not (rung.needs_gpu and not gpu):
-            changes = deep_merge(changes, nested(rung.changes))
-        yield rung, changes
+            layers = [*layers, rung.changes]
+        yield rung, layers
 
 
 def plan_ladder(ladder: Ladder, *, overrides: list[str] = (), updates: dict[str, Any] | None = None,
@@ -158,12 +155,12 @@ def plan_ladder(ladder: Ladder, *, overrides: list[str] = (), updates: dict[str,
     """One validated config per rung (None for a skipped rung, with the reason)."""
     updates = updates or {}
     planned, previous = [], None
-    for rung, changes in _cumulative(ladder, gpu):
+    for rung, layers in _cumulative(ladder, gpu):
         if rung.needs_gpu and not gpu:
             planned.append(PlannedRung(rung, None, "needs a GPU (--gpus-per-trial)"))
             continue
         try:
-            cfg = _config(ladder, changes, list(overrides), updates)
+            cfg = _config(ladder, layers, overrides, updates)
         except ConfigError as e:
             raise ConfigError(f"ladder {ladder.name!r}, rung {rung.name!r}: {e}") from None
         if previous is not None and cfg == previous:
@@ -181,12 +178,10 @@ def teacher_config(ladder: Ladder, *, overrides: list[str] = (), updates: dict[s
     which names the student."""
     if ladder.teacher_rung is None:
         raise ConfigError(f"ladder {ladder.name!r} has a distilling rung but no 'teacher:'; pass --teacher-checkpoint")
-    changes = next(c for rung, c in _cumulative(ladder, gpu) if rung.name == ladder.teacher_rung)
-    changes = deep_merge(changes, nested(ladder.teacher_changes))
+    layers = next(c for rung, c in _cumulative(ladder, gpu) if rung.name == ladder.teacher_rung)
+    layers = [*layers, ladder.teacher_changes, {"model.name": model} if model else None]
     student_flags = {k: v for k, v in (updates or {}).items() if k != "model"}
-    if model:
-        changes = deep_merge(changes, {"model": {"name": model}})
-    cfg = _config(ladder, changes, list(overrides), student_flags)
+    cfg = _config(ladder, layers, overrides, student_flags)
     if cfg.distill.teacher is not None:
         raise ConfigError(f"ladder {ladder.name!r}: the teacher (rung {ladder.teacher_rung!r}) distils itself")
     return cfg

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SMOOTHING_FORMS = ("paper", "uniform")
+from .choices import SMOOTHING_FORMS
 
 
 def smooth_targets(target: torch.Tensor, num_classes: int, eps: float, form: str = "paper") -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Optimizer factory: parameter groups for no bias decay and the BN-bias multipliers, and the linear scaling rule.
 
 The optimizer itself comes from :func:`timm.optim.create_optimizer_v2`; this module only decides the parameter
-groups and the learning rate.
+groups and the learning rate. :func:`scale_lr` is defined in :mod:`timm_tricks.config` (which derives the scaled
+peak without torch) and re-exported here.
 
 Sources:
     * Linear scaling (Goyal et al. 2017; He et al., "Bag of Tricks", CVPR 2019, Sec. 3.1): lr = 0.1 x b / 256.
@@ -19,15 +20,12 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from .config import scale_lr as scale_lr  # re-exported: the linear scaling rule lives with the config
+
 if TYPE_CHECKING:
     from .config import Config
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-
-
-def scale_lr(base_lr: float, batch_size: int, base_batch_size: int = 256) -> float:
-    """The linear scaling rule: ``base_lr x batch_size / base_batch_size`` (Bag of Tricks Sec. 3.1)."""
-    return base_lr * batch_size / base_batch_size
 
 
 def classify_parameters(model: nn.Module) -> dict[str, str]:

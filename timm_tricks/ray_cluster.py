@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 QUIET_ENV = {

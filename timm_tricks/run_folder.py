@@ -21,24 +21,14 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError
+from .errors import ConfigError
+from .schema import flatten
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "checkpoints", "summary.csv", "metrics.json", "model.safetensors", "model_ema.safetensors")
 # What may change when a run is resumed: how long it trains, how it logs and checkpoints, how it reads its data.
 RESUMABLE_KEYS = frozenset({"name", "description", "source", "train.epochs", "train.checkpoint_every_steps",
                             "train.keep_checkpoints", "data.workers", "data.eval_batch_size"})
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (the dotted keys of a config)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and prefix.count(".") < 1:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def write_atomic(path: Path, data: bytes) -> None:

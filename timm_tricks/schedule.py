@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 from timm.scheduler.scheduler import Scheduler
 
+from .choices import SCHEDULES
+
 if TYPE_CHECKING:
     from .config import Config
-
-SCHEDULES = ("constant", "cosine", "step", "exponential", "linear", "piecewise")
 
 
 @dataclass(frozen=True)
@@ -175,3 +175,18 @@ def schedule_from_config(cfg: Config, steps_per_epoch: int, num_processes: int =
         min_factor=min(1.0, s.min_lr / peak),
         knots=tuple((k[0] * stretch, k[1]) for k in s.knots),
     )
+
+
+def lr_table(cfg: Config, steps_per_epoch: int) -> list[tuple[int, float, float]]:
+    """``(step, epoch, lr)`` for every step of ``cfg``'s run, read off a real optimizer driven by the scheduler.
+
+    The lr is that of parameter groups with multiplier 1, after linear scaling (one process).
+    """
+    schedule = schedule_from_config(cfg, steps_per_epoch)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.scaled_lr())
+    scheduler = TricksScheduler(optimizer, schedule)
+    rows = []
+    for step in range(schedule.total_steps):
+        rows.append((step, step / steps_per_epoch, optimizer.param_groups[0]["lr"]))
+        scheduler.step_update(step + 1)
+    return rows

@@ -44,21 +44,21 @@ from .checkpoint import (
     read_summary,
     write_checkpoint,
 )
-from .config import Config, ConfigError
-from .data import DataError, parse_source
+from .config import Config
+from .data import parse_source
+from .errors import ConfigError, DataError, TrainingError
 from .evaluate import evaluate_model, shard_for
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .mixup import create_mixup, set_mixup_epoch
 from .optim import create_optimizer
 from .run_folder import RunFolder, write_atomic
 from .schedule import TricksScheduler, schedule_from_config
+from .schema import flatten
 from .seeding import seed_everything, step_seed
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names the step and the checkpoint kept."""
 
 
 def cpu_only_distributed() -> bool:
@@ -458,12 +458,8 @@ class Trainer:
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, values in cfg.to_dict().items():
-        if isinstance(values, dict):
-            for k, v in values.items():
-                out[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+    """The config as the flat dict of scalars trackers take (``optim.lr``, ...)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
 
 
 __all__ = ["Trainer", "TrainState", "TrainingError", "DataError"]

@@ -25,13 +25,13 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, deep_merge, load_config
+from .choices import SCHEDULERS, SEARCHERS
+from .config import load_config
+from .errors import ConfigError
 from .ray_cluster import ray_session
 from .schedule import schedule_from_config
-from .tune_space import SearchSpace, nested
+from .tune_space import SearchSpace
 
-SCHEDULERS = ("asha", "pbt", "fifo")
-SEARCHERS = ("optuna", "random")
 PBT_KEYS = ("optim.lr", "loss.label_smoothing", "mixup.alpha")  # what PBT mutates, when the space searches them
 def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
     """One Tune trial: train ``base``'s recipe with the trial's sampled ``config`` values, reporting every epoch.
@@ -45,7 +45,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     config = dict(config)
     recipe = base["rungs"][config.pop("rung")] if "rung" in config else base["recipe"]
-    cfg = load_config(recipe, base["overrides"], **deep_merge(base["updates"], nested(config)))
+    cfg = load_config(recipe, base["overrides"], base["updates"], config)
     # The run folder lives in the experiment's storage, not in the trial's staging folder (``get_trial_dir``,
     # under /tmp/ray/session_*): a restored experiment gets new, empty staging folders; on the driver's node the
     # staging folders sit inside the driver's, which Ray copies to storage whole at every experiment snapshot
@@ -225,13 +225,13 @@ def run_search(space: SearchSpace, recipe: str, *, overrides: list[str] = (), up
     if search not in SEARCHERS:
         raise ConfigError(f"unknown search {search!r}; valid: {', '.join(SEARCHERS)}")
     updates = updates or {}
-    base_cfg = load_config(recipe, list(overrides), **updates)  # fail early on a bad recipe or override
+    base_cfg = load_config(recipe, overrides, updates)  # fail early on a bad recipe or override
     if scheduler == "asha" and grace_period > base_cfg.train.epochs:
         raise ConfigError(f"--grace-period {grace_period} is longer than the {base_cfg.train.epochs} epochs of a trial")
     for dim in space.dimensions:  # every value the space can sample must give a valid config with this recipe
         for value in dim.values_to_check():
             try:
-                load_config(recipe, list(overrides), **deep_merge(updates, nested({dim.key: value})))
+                load_config(recipe, overrides, updates, {dim.key: value})
             except ConfigError as e:
                 raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
                                   f"{str(recipe)!r}: {e}") from None

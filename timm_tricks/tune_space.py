@@ -15,32 +15,33 @@ distribution each::
 Distributions: ``loguniform [low, high]``, ``uniform [low, high]``, ``quniform [low, high, q]``,
 ``randint [low, high)``, ``choice [values...]`` and ``grid [values...]``. Loading checks each key against the
 config schema, each distribution's arguments, and that every value it can produce is valid for its key (a
-``ConfigError`` names the space file, the key and the problem). Shipped spaces live in ``tune_spaces/``.
+``ConfigError`` names the space file, the key and the problem); the file's entries are a schema of
+:mod:`timm_tricks.schema`, as the config's are. Shipped spaces live in ``tune_spaces/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, _check, _coerce, _unknown, all_keys, named_yaml, read_yaml_mapping
+from .choices import DISTRIBUTIONS, METRICS, MODES
+from .config import Config
+from .errors import ConfigError
+from .schema import build, dotted_keys, nest, option, unknown
+from .shipped import SPACES
 
-DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
-METRICS = ("eval_top1", "eval_top5", "eval_loss", "train_loss")
-
-
-def space_dir() -> Path:
-    """The shipped spaces: ``timm_tricks/tune_spaces`` in a wheel, the top-level ``tune_spaces/`` in a checkout."""
-    packaged = Path(__file__).parent / "tune_spaces"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tune_spaces"
+list_spaces = SPACES.names  # the shipped search spaces
 
 
-def list_spaces() -> list[str]:
-    """Names of the shipped search spaces."""
-    return sorted(p.stem for p in space_dir().glob("*.yaml"))
+@dataclass(kw_only=True)
+class SpaceFile:
+    """The entries of a search-space file."""
+
+    recipe: str | None = option(None, doc="the recipe searched (the default of --recipe)")
+    metric: str = option("eval_top1", choices=METRICS, doc="what the search optimises")
+    mode: str = option("max", choices=MODES, doc="max: a higher metric is better")
+    space: dict[str, Any] = option({}, doc="dotted config keys, each mapped to one distribution")
 
 
 @dataclass(frozen=True)
@@ -88,23 +89,13 @@ class SearchSpace:
         return {d.key: make[d.kind](d.args) for d in self.dimensions}
 
 
-def _field_meta(key: str) -> tuple[Any, dict[str, Any]]:
-    """The type and validation metadata of a dotted config key."""
-    cls: Any = Config
-    *sections, leaf = key.split(".")
-    for section in sections:
-        cls = typing.get_type_hints(cls)[section]
-    field = {f.name: f for f in dataclasses.fields(cls)}[leaf]
-    return typing.get_type_hints(cls)[leaf], dict(field.metadata)
-
-
 def _check_dimension(where: str, key: str, spec: Any) -> Dimension:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: {key} must map to one distribution, e.g. {{loguniform: [0.01, 1.0]}}; "
                           f"got {spec!r}")
     ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: " + _unknown(f"distribution for {key}", str(kind), list(DISTRIBUTIONS)))
+        raise ConfigError(f"{where}: " + unknown(f"distribution for {key}", str(kind), list(DISTRIBUTIONS)))
     if not isinstance(args, list) or not args:
         raise ConfigError(f"{where}: {key}: {kind} needs a list of arguments, got {args!r}")
     numeric = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
@@ -118,10 +109,9 @@ def _check_dimension(where: str, key: str, spec: Any) -> Dimension:
     if kind == "quniform" and (len(args) != 3 or not numeric or not args[0] < args[1] or args[2] <= 0):
         raise ConfigError(f"{where}: {key}: quniform needs [low, high, q] with low < high and q > 0, got {args!r}")
     dim = Dimension(key, kind, tuple(args))
-    t, meta = _field_meta(key)
     for value in dim.values_to_check():
         try:
-            _check(key, _coerce(key, value, t), meta)
+            build(Config, nest({key: value}), "config key")
         except ConfigError as e:
             raise ConfigError(f"{where}: {kind} {args!r} for {key} reaches a value the key does not accept: {e}") \
                 from None
@@ -130,35 +120,14 @@ def _check_dimension(where: str, key: str, spec: Any) -> Dimension:
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """Load and validate a shipped space by name, or a YAML file by path."""
-    path = named_yaml(name_or_path, space_dir(), "search space")
+    path, spec = SPACES.load(name_or_path, SpaceFile)
     where = f"search space {str(path)!r}"
-    data = read_yaml_mapping(path, "search space")
-    if not isinstance(data.get("space"), dict) or not data["space"]:
+    if not spec.space:
         raise ConfigError(f"{where} needs a 'space:' mapping of config keys to distributions")
-    unknown_top = set(data) - {"recipe", "metric", "mode", "space"}
-    if unknown_top:
-        raise ConfigError(f"{where}: unknown entries {sorted(unknown_top)}; valid: recipe, metric, mode, space")
-    keys = all_keys()
+    keys = dotted_keys(Config)
     dims = []
-    for key, spec in data["space"].items():
+    for key, dist in spec.space.items():
         if key not in keys:
-            raise ConfigError(f"{where}: " + _unknown("config key", str(key), keys))
-        dims.append(_check_dimension(where, key, spec))
-    metric, mode = data.get("metric", "eval_top1"), data.get("mode", "max")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: " + _unknown("metric", str(metric), list(METRICS)))
-    if mode not in ("max", "min"):
-        raise ConfigError(f"{where}: mode must be max or min, got {mode!r}")
-    return SearchSpace(path.stem, str(data.get("recipe") or ""), metric, mode, tuple(dims))
-
-
-def nested(trial: dict[str, Any]) -> dict[str, Any]:
-    """``{'optim.lr': 0.1}`` as ``{'optim': {'lr': 0.1}}``, ready for ``load_config(recipe, **nested(...))``."""
-    out: dict[str, Any] = {}
-    for key, value in trial.items():
-        node = out
-        *sections, leaf = key.split(".")
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[leaf] = value
-    return out
+            raise ConfigError(f"{where}: " + unknown("config key", str(key), keys))
+        dims.append(_check_dimension(where, key, dist))
+    return SearchSpace(path.stem, spec.recipe or "", spec.metric, spec.mode, tuple(dims))

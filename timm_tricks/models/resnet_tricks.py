@@ -36,6 +36,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..choices import INIT_SCHEMES  # valid values of the ``init`` argument
+
 __all__ = [
     'INIT_SCHEMES',
     'BottleneckStrideFirst',
@@ -43,9 +45,6 @@ __all__ = [
     'xavier_init_',
     'zero_gamma_',
 ]
-
-INIT_SCHEMES: tuple[str, ...] = ('kaiming', 'xavier')
-"""Valid values of the ``init`` argument."""
 
 _BOT_PAPER = 'Bag of Tricks for Image Classification with Convolutional Neural Networks'
 _BOT_ARXIV = 'arXiv:1812.01187'
