@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ class ModelConfig:
     pretrained_file: str | None = _f(None, doc="local weights file for pretrained=true")
     drop_rate: float | None = _f(None, ge=0.0, lt=1.0, doc="dropout before the classifier; null keeps the model's")
     zero_gamma: bool | None = _f(None, doc="zero-init the last BN gamma of each residual branch (BoT Sec. 3.1)")
-    init: str | None = _f(None, choices=("kaiming", "xavier", None), doc="weight init of the ResNet ladder")
+    init: str | None = _f(None, choices=("kaiming", "xavier", None),
+                          doc="weight init of the models that take it (ResNet ladder, Wider ResNet)")
     kwargs: dict[str, Any] = _f({}, doc="extra keyword arguments for timm.create_model")
 
 
@@ -68,9 +70,12 @@ class AugmentConfig:
     """Training and evaluation transforms (timm_tricks.augment)."""
 
     train: str = _f("bot", choices=("bot", "batched", "none"),
-                    doc="bot: BoT Sec. 2 pipeline; batched: Myrtle on-device crop/flip/cutout; none")
+                    doc="bot: BoT Sec. 2.1 pipeline; batched: Myrtle on-device crop/flip/cutout; none")
     color: str | None = _f("hsv", choices=("hsv", "jitter", None), doc="BoT colour scaling in [0.6, 1.4]")
-    pca_std: float = _f(0.1, ge=0.0, doc="PCA lighting noise std (BoT Sec. 2: 0.1); 0 disables")
+    pca_std: float = _f(0.1, ge=0.0, doc="PCA lighting noise std (BoT Sec. 2.1: 0.1); 0 disables")
+    mean: list[float] | None = _f(None, doc="normalisation mean (R, G, B) on the 0-1 scale; null: BoT Sec. 2.1's for "
+                                        "file data, the data set's own statistics for in-memory data")
+    std: list[float] | None = _f(None, doc="normalisation std (R, G, B) on the 0-1 scale; set together with mean")
     crop_padding: int = _f(4, ge=0, doc="batched: reflect padding before the random crop")
     flip: bool = _f(True, doc="random horizontal flip")
     cutout: int = _f(0, ge=0, doc="batched: cutout square size; 0 disables")
@@ -131,7 +136,7 @@ class DistillConfig:
 
     teacher: str | None = _f(None, doc="teacher model name; null disables distillation")
     checkpoint: str | None = _f(None, doc="teacher weights file")
-    temperature: float = _f(20.0, gt=0.0, doc="BoT Sec. 5.3: T = 20")
+    temperature: float = _f(20.0, gt=0.0, doc="BoT Sec. 5.5: T = 20")
     weight: float = _f(1.0, ge=0.0, doc="weight of the T^2-scaled soft term; the hard term has weight 1")
 
 
@@ -392,6 +397,21 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"mixup.off_epochs={cfg.mixup.off_epochs} exceeds train.epochs={cfg.train.epochs}")
     if cfg.schedule.warmup_epochs > cfg.train.epochs and not s.rescale_epochs:
         raise ConfigError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
+    _check_normalisation(cfg.augment)
+
+
+def _check_normalisation(a: AugmentConfig) -> None:
+    """``augment.mean`` / ``augment.std``: both or neither, three finite values each, on the 0-1 scale."""
+    if (a.mean is None) != (a.std is None):
+        raise ConfigError("augment.mean and augment.std go together: set both (0-1 scale) or neither")
+    if a.mean is None or a.std is None:
+        return
+    for key, values, ok, rule in (("augment.mean", a.mean, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+                                  ("augment.std", a.std, lambda v: 0.0 < v <= 1.0, "in (0, 1]")):
+        if len(values) != 3:
+            raise ConfigError(f"{key}={values!r} needs one value per channel (R, G, B), got {len(values)}")
+        if not all(math.isfinite(v) and ok(v) for v in values):
+            raise ConfigError(f"{key}={values!r} must hold values {rule}: the 0-1 scale (divide 0-255 values by 255)")
 
 
 def _unknown(what: str, bad: str, valid: list[str], candidates: list[str] | None = None) -> str:

@@ -15,6 +15,7 @@ place, so a run killed mid-write never replaces the last good one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -214,13 +215,16 @@ def build_batches(cfg: Config, source: Source, per_device_batch: int, rank: int,
     """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files."""
     if source.in_memory:
         data = load_tensor_data(source, image_size=cfg.data.image_size, download=download, seed=cfg.train.seed)
+        if cfg.augment.mean is not None and cfg.augment.std is not None:  # the recipe's statistics win
+            data = dataclasses.replace(data, mean=tuple(cfg.augment.mean), std=tuple(cfg.augment.std))
         return TensorBatches(data, cfg, per_device_batch, rank, world, device)
     from .augment import bot_eval_transform, bot_train_transform
 
     a, size = cfg.augment, cfg.data.image_size
-    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color) if a.train == "bot" else \
-        bot_eval_transform(size=size, resize=a.eval_resize or size)
-    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875))
+    norm = dict(mean=a.mean, std=a.std)
+    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
+        bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
+    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
     if source.kind == "folder":
         train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
     else:
