@@ -92,9 +92,11 @@ def test_ramp_is_the_warmup_or_the_piecewise_rise():
 
 
 def test_min_lr_is_absolute_after_linear_scaling():
-    cfg = load_config("wider_resnet")
+    cfg = load_config("wider_resnet", ["schedule.min_lr=1e-6"])  # the recipe itself decays to 0 (inplace_abn)
     s = schedule_from_config(cfg, steps_per_epoch=100)
     assert s.min_factor == pytest.approx(1e-6 / 0.1)
+    cfg = load_config("wider_resnet", ["schedule.min_lr=1e-6", "optim.linear_scaling=true", "data.batch_size=512"])
+    assert schedule_from_config(cfg, steps_per_epoch=100).min_factor == pytest.approx(1e-6 / 0.2)
 
 
 def _optimizer(lr=0.4):
