@@ -1,6 +1,6 @@
 """Throughput of batched tensor augmentation vs the same augmentation done per image with torchvision.
 
-The augmentation is Myrtle.ai's CIFAR-10 recipe ("How to train your ResNet", Page 2018, posts 4 and 7): reflect-pad 4
+The augmentation is Myrtle.ai's CIFAR-10 recipe ("How to train your ResNet 8", Page 2019, on the GPU): reflect-pad 4
 and random 32x32 crop, horizontal flip with probability 0.5, and one 8x8 cutout square fully inside the image.
 
 * **batched**: :class:`timm_tricks.augment.BatchAugment` on whole ``(512, 3, 32, 32)`` uint8 batches on the
@@ -152,7 +152,7 @@ def section(command: str, args: argparse.Namespace, devices: list[torch.device],
     lines = [
         HEADING,
         "",
-        "Myrtle.ai's CIFAR-10 augmentation (Page 2018, posts 4 and 7: reflect-pad 4 + random 32x32 crop, flip 0.5,",
+        "Myrtle.ai's CIFAR-10 augmentation (Page 2019, post 8 on the GPU: reflect-pad 4 + random 32x32 crop, flip 0.5,",
         "8x8 cutout) on random 32x32 uint8 images already on the device, producing float32 0-1 batches.",
         "**Batched**: `timm_tricks.augment.BatchAugment` on whole uint8 batches, then `.float().div_(255)`.",
         "**Per image**: torchvision v1 `RandomCrop(32, padding=4, padding_mode='reflect')` + `RandomHorizontalFlip()`",

@@ -37,10 +37,10 @@ def test_recipe_numbers_from_the_papers():
     assert (x.schedule.name, x.schedule.decay_rate, x.schedule.decay_every) == ("exponential", 0.94, 2)
     d = load_config("xception_deeplab")
     assert (d.optim.name, d.optim.lr, d.optim.weight_decay, d.data.batch_size_per_device) == ("sgd", 0.05, 4e-5, 32)
-    assert d.model.kwargs == {"bn_eps": 1e-3, "bn_momentum": 3e-4} and d.data.image_size == 299
+    assert d.model.kwargs == {"bn_eps": 1e-3, "bn_momentum": 3e-4, "dw_act": False} and d.data.image_size == 299
     w = load_config("wider_resnet")
     assert (w.train.epochs, w.optim.lr, w.schedule.name, w.schedule.min_lr, w.data.batch_size) == (
-        90, 0.1, "linear", 1e-6, 256)
+        90, 0.1, "linear", 0.0, 256)
     m = load_config("myrtle_resnet9")
     assert m.data.batch_size == 512 and m.loss.label_smoothing == 0.2 and m.ema.enabled and m.eval.tta_flip
     assert m.model.kwargs["act"] == "celu" and m.model.kwargs["ghost_bn_splits"] == 16

@@ -405,6 +405,38 @@ def test_wider_resnet_kaiming_fan_out():
     assert abs(w.var().item() / (2.0 / (2048 * 9)) - 1.0) < 0.1
 
 
+def test_wider_resnet_xavier_init_matches_inplace_abn():
+    # inplace_abn scripts/train_imagenet.py init_weights: convs xavier_normal_(w, gain of the activation),
+    # Linear xavier_uniform_(w, 0.1), biases 0, BN 1 / 0.
+    model = timm.create_model('wider_resnet16_tricks', init='xavier')
+    assert model.init_scheme == 'xavier'
+    gain = math.sqrt(2.0 / (1 + 0.01 ** 2))  # calculate_gain('leaky_relu', 0.01)
+    assert model.init_gain == pytest.approx(gain)
+    checked = 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.weight.numel() >= 100_000:
+            receptive = m.kernel_size[0] * m.kernel_size[1]
+            fan_in, fan_out = m.in_channels * receptive, m.out_channels * receptive
+            std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+            assert abs(m.weight.std().item() / std - 1) < 0.02, name
+            assert abs(m.weight.mean().item()) < 0.01 * std, name
+            checked += 1
+    assert checked >= 10
+    fc = model.get_classifier()  # 1000 x 4096
+    bound = 0.1 * math.sqrt(6.0 / (4096 + 1000))
+    assert fc.weight.abs().max().item() <= bound * (1 + 1e-6)
+    assert abs(fc.weight.var().item() / (bound ** 2 / 3) - 1) < 0.02  # U[-a, a] has variance a^2 / 3
+    assert torch.all(fc.bias == 0)
+    for _, bn in _bn_modules(model):
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    relu = timm.create_model('wider_resnet16_tricks', init='xavier', act_layer='relu', num_classes=10)
+    w = relu.stages[5].blocks[0].convs.conv2.weight  # 2048 x 1024 x 3 x 3
+    assert relu.init_gain == pytest.approx(math.sqrt(2.0))
+    assert abs(w.std().item() / (math.sqrt(2.0) * math.sqrt(2.0 / (1024 * 9 + 2048 * 9))) - 1) < 0.02
+    with pytest.raises(ValueError, match=r"'he'.*kaiming, xavier"):
+        timm.create_model('wider_resnet16_tricks', init='he', device='meta')
+
+
 def test_wider_resnet_a2_strides_and_dropout():
     model = timm.create_model('wider_resnet38_a2_tricks', device='meta')  # structure only
     for idx, stage in enumerate(model.stages):
@@ -578,6 +610,25 @@ def test_xception_dw_act():
     x = _input('xception41_tricks')
     with torch.no_grad():
         assert not torch.allclose(dw.eval()(x), plain.eval()(x))
+
+
+def test_xception_dw_act_counts_the_applied_activations():
+    # DeepLab v3+ text (Sec. 3.2): BN + ReLU after each 3x3 depthwise conv; the TF code (and timm): only in the last
+    # exit-flow block. Count the depthwise ReLUs that run in a forward pass: 3 of 39 separable convs for
+    # Xception-41 as built by default, all 39 with dw_act=True.
+    def applied(model):
+        calls = []
+        for s in model.modules():
+            if isinstance(s, SeparableConv2d):
+                s.act_dw.register_forward_hook(lambda mod, i, o: calls.append(type(mod)))
+        with torch.no_grad():
+            model.eval()(_input('xception41_tricks', batch=1))
+        return calls
+
+    plain = applied(timm.create_model('xception41_tricks', num_classes=5))
+    dw = applied(timm.create_model('xception41_tricks', num_classes=5, dw_act=True))
+    assert len(plain) == len(dw) == 13 * 3
+    assert plain.count(nn.ReLU) == 3 and dw.count(nn.ReLU) == 39
 
 
 def test_xception_features_only():

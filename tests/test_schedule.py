@@ -37,7 +37,7 @@ def test_cosine_floor():
 
 
 def test_step_divides_by_ten_at_milestones():
-    # Sec. 2.2: lr 0.1 divided by 10 at epochs 30, 60, 90.
+    # Bag of Tricks Sec. 2.1: lr 0.1 divided by 10 at epochs 30, 60, 90.
     s = LRSchedule("step", steps_per_epoch=5, epochs=120, milestones=(30, 60, 90), gamma=0.1)
     assert s.factor(30 * 5 - 1) == 1.0
     assert s.factor(30 * 5) == pytest.approx(0.1)
@@ -48,7 +48,7 @@ def test_step_divides_by_ten_at_milestones():
 
 
 def test_exponential_staircase():
-    # Xception Sec. 4.3: decay of rate 0.94 every 2 epochs.
+    # Xception Sec. 4.2: decay of rate 0.94 every 2 epochs.
     s = LRSchedule("exponential", steps_per_epoch=3, epochs=20, decay_rate=0.94, decay_every=2)
     for step in range(60):
         assert s.factor(step) == pytest.approx(0.94 ** ((step // 3) // 2))
@@ -92,9 +92,11 @@ def test_ramp_is_the_warmup_or_the_piecewise_rise():
 
 
 def test_min_lr_is_absolute_after_linear_scaling():
-    cfg = load_config("wider_resnet")
+    cfg = load_config("wider_resnet", ["schedule.min_lr=1e-6"])  # the recipe itself decays to 0 (inplace_abn)
     s = schedule_from_config(cfg, steps_per_epoch=100)
     assert s.min_factor == pytest.approx(1e-6 / 0.1)
+    cfg = load_config("wider_resnet", ["schedule.min_lr=1e-6", "optim.linear_scaling=true", "data.batch_size=512"])
+    assert schedule_from_config(cfg, steps_per_epoch=100).min_factor == pytest.approx(1e-6 / 0.2)
 
 
 def _optimizer(lr=0.4):

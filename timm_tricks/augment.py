@@ -5,11 +5,12 @@ for determinism) and, where torchvision-style composition needs it, a thin trans
 
 * **Per-image colour tricks** for ImageNet-style training: :func:`pca_lighting` / :class:`PCALighting`
   (AlexNet, Krizhevsky et al. 2012, Sec. 4.1), :func:`estimate_pca`, and :func:`scale_hsv` /
-  :class:`RandomHSVScale` (Bag of Tricks, He et al. 2019, Sec. 2).
-* **The Bag of Tricks train and eval pipelines** (He et al. 2019, Sec. 2): :func:`bot_train_transform` and
+  :class:`RandomHSVScale` (Bag of Tricks, He et al. 2019, Sec. 2.1).
+* **The Bag of Tricks train and eval pipelines** (He et al. 2019, Sec. 2.1): :func:`bot_train_transform` and
   :func:`bot_eval_transform`, built from torchvision v2 transforms plus the two colour tricks above.
 * **Batched tensor augmentation** for small images, applied to a whole ``NCHW`` batch on the batch's own device, in
-  the manner of Myrtle.ai's "How to train your ResNet" (Page 2018, posts 4 and 7; code ``davidcpage/cifar10-fast``):
+  the manner of Myrtle.ai's "How to train your ResNet" (Page 2018-2019, post 8, "Preprocessing on the GPU"; code
+  ``davidcpage/cifar10-fast``):
   :func:`random_crop_reflect`, :func:`random_flip`, :func:`cutout` and the :class:`BatchAugment` composition.
 
 What torchvision already does (random resized crop, flip, resize, centre crop, normalise, colour jitter) is reused
@@ -82,9 +83,9 @@ IMAGENET_PCA_EIGVEC: tuple[tuple[float, float, float], ...] = (
     (-0.5836, -0.6948, 0.4203),
 )
 
-#: Per-channel (R, G, B) normalisation mean on the 0-255 scale (Bag of Tricks, He et al. 2019, Sec. 2).
+#: Per-channel (R, G, B) normalisation mean on the 0-255 scale (Bag of Tricks, He et al. 2019, Sec. 2.1).
 BOT_MEAN: tuple[float, float, float] = (123.68, 116.779, 103.939)
-#: Per-channel (R, G, B) normalisation std on the 0-255 scale (Bag of Tricks, He et al. 2019, Sec. 2).
+#: Per-channel (R, G, B) normalisation std on the 0-255 scale (Bag of Tricks, He et al. 2019, Sec. 2.1).
 BOT_STD: tuple[float, float, float] = (58.393, 57.12, 57.375)
 
 
@@ -170,7 +171,7 @@ def pca_lighting(
     AlexNet (Krizhevsky et al. 2012, Sec. 4.1) adds to every pixel of an image the same RGB offset
     ``[p1, p2, p3] @ [a1 * l1, a2 * l2, a3 * l3]``, where ``p_j`` / ``l_j`` are the eigenvectors / eigenvalues of the
     3x3 covariance of ImageNet RGB pixel values and ``a_j ~ N(0, 0.1)`` is drawn once per image. Bag of Tricks
-    (He et al. 2019, Sec. 2) uses the same noise, "PCA noise with a coefficient sampled from a normal distribution
+    (He et al. 2019, Sec. 2.1) uses the same noise, "PCA noise with a coefficient sampled from a normal distribution
     N(0, 0.1)". Here, with ``eigvec`` rows = channels and columns = components, the offset is
     ``eigvec @ (alpha * eigval)``, exactly as fb.resnet.torch's ``Lighting`` transform computes it. The result is not
     clamped (the reference implementations do not clamp either).
@@ -179,7 +180,7 @@ def pca_lighting(
         img: Float RGB image ``(3, H, W)`` or batch ``(N, 3, H, W)`` on the 0-1 scale (the scale of the default
             constants).
         alpha_std: Standard deviation of the per-image coefficients ``alpha``; 0.1 in AlexNet Sec. 4.1 and Bag of
-            Tricks Sec. 2. 0 returns the input unchanged. Must be >= 0.
+            Tricks Sec. 2.1. 0 returns the input unchanged. Must be >= 0.
         eigval: The 3 eigenvalues, same order as the columns of ``eigvec``. Default: :data:`IMAGENET_PCA_EIGVAL`.
         eigvec: 3x3 matrix, row ``i`` = channel (R, G, B), column ``j`` = component ``j``. Default:
             :data:`IMAGENET_PCA_EIGVEC`. :func:`estimate_pca` returns this convention.
@@ -214,7 +215,7 @@ def pca_lighting(
 
 
 class PCALighting(v2.Transform):
-    """Transform form of :func:`pca_lighting` (AlexNet Sec. 4.1; Bag of Tricks Sec. 2, alpha ~ N(0, 0.1)).
+    """Transform form of :func:`pca_lighting` (AlexNet Sec. 4.1; Bag of Tricks Sec. 2.1, alpha ~ N(0, 0.1)).
 
     Works on float ``(3, H, W)`` / ``(N, 3, H, W)`` tensors and ``tv_tensors.Image`` (returned unclamped), and on PIL
     images (converted to 0-1 float, noised, clamped and rounded back to 8-bit). Composes with torchvision v2.
@@ -308,7 +309,7 @@ def estimate_pca(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# HSV scaling (Bag of Tricks, He et al. 2019, Sec. 2)
+# HSV scaling (Bag of Tricks, He et al. 2019, Sec. 2.1)
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -385,9 +386,9 @@ def scale_hsv(
     saturation_factor: float | Tensor = 1.0,
     brightness_factor: float | Tensor = 1.0,
 ) -> Tensor:
-    """Scale hue, saturation and brightness multiplicatively, as Bag of Tricks Sec. 2 words it.
+    """Scale hue, saturation and brightness multiplicatively, as Bag of Tricks Sec. 2.1 words it.
 
-    He et al. (2019), Sec. 2: "Scale hue, saturation, and brightness with coefficients uniformly drawn from
+    He et al. (2019), Sec. 2.1: "Scale hue, saturation, and brightness with coefficients uniformly drawn from
     [0.6, 1.4]". This implements the sentence literally: RGB -> HSV, ``H <- (H * hue_factor) mod 1``,
     ``S <- min(S * saturation_factor, 1)``, ``V <- min(V * brightness_factor, 1)``, HSV -> RGB. Note that a
     multiplicative hue factor leaves red (``H = 0``) fixed and moves hues near 1 (magenta) the most; that follows from
@@ -427,9 +428,9 @@ def _scale_hsv(work: Tensor, fh: Tensor, fs: Tensor, fv: Tensor) -> Tensor:
 
 
 class RandomHSVScale(v2.Transform):
-    """Scale hue, saturation and brightness by factors drawn from ``U[low, high]`` (Bag of Tricks Sec. 2).
+    """Scale hue, saturation and brightness by factors drawn from ``U[low, high]`` (Bag of Tricks Sec. 2.1).
 
-    He et al. (2019), Sec. 2 draws the three coefficients uniformly from [0.6, 1.4]; here each of the three is drawn
+    He et al. (2019), Sec. 2.1 draws the three coefficients uniformly from [0.6, 1.4]; here each of the three is drawn
     independently, and independently per image for a ``(N, 3, H, W)`` batch. With probability ``1 - p`` an image is
     returned unchanged (bit-exact). See :func:`scale_hsv` for the operation and for GluonCV's different choice.
 
@@ -484,7 +485,7 @@ def bot_color_jitter() -> v2.ColorJitter:
 
     GluonCV's ``scripts/classification/imagenet/train_imagenet.py`` (the code released with Bag of Tricks) uses
     ``RandomColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)`` rather than the paper's HSV scaling
-    (He et al. 2019, Sec. 2); torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` draws each factor from ``U[0.6, 1.4]`` and
+    (He et al. 2019, Sec. 2.1); torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` draws each factor from ``U[0.6, 1.4]`` and
     applies the three in random order, which is the equivalent. (fb.resnet.torch's ImageNet pipeline uses the same
     ``ColorJitter`` 0.4 followed by ``Lighting(0.1)``.)
 
@@ -495,7 +496,7 @@ def bot_color_jitter() -> v2.ColorJitter:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Bag of Tricks pipelines (He et al. 2019, Sec. 2)
+# Bag of Tricks pipelines (He et al. 2019, Sec. 2.1)
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -505,9 +506,15 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
-def _bot_normalize() -> v2.Normalize:
-    """Normalise 0-1 tensors with the paper's 0-255 statistics divided by 255."""
-    return v2.Normalize(mean=[m / 255.0 for m in BOT_MEAN], std=[s / 255.0 for s in BOT_STD])
+def _bot_normalize(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Normalize:
+    """Normalise 0-1 tensors with ``mean`` / ``std`` (0-1 scale), by default the paper's 0-255 statistics / 255."""
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std go together: pass both or neither")
+    if mean is None or std is None:
+        return v2.Normalize(mean=[m / 255.0 for m in BOT_MEAN], std=[s / 255.0 for s in BOT_STD])
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(s) and s > 0 for s in std):
+        raise ValueError(f"mean and std need three values each, std > 0; got mean={mean!r}, std={std!r}")
+    return v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std])
 
 
 def bot_train_transform(
@@ -518,8 +525,10 @@ def bot_train_transform(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     flip_p: float = 0.5,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> v2.Compose:
-    """The Bag of Tricks training augmentation (He et al. 2019, Sec. 2).
+    """The Bag of Tricks training augmentation (He et al. 2019, Sec. 2.1).
 
     Steps, with the paper's values as defaults: random resized crop to ``size`` with area fraction in [8%, 100%] and
     aspect ratio in [3/4, 4/3]; horizontal flip with probability 0.5; conversion to a float tensor on the 0-1 scale;
@@ -538,6 +547,8 @@ def bot_train_transform(
         scale: Area fraction range of the random crop ((0.08, 1.0) in the paper).
         ratio: Aspect ratio range of the random crop ((3/4, 4/3) in the paper).
         flip_p: Probability of the horizontal flip (0.5 in the paper).
+        mean: Normalisation mean (R, G, B) on the 0-1 scale; None for the paper's. Give ``std`` with it.
+        std: Normalisation std (R, G, B) on the 0-1 scale; None for the paper's.
 
     Returns:
         A ``torchvision.transforms.v2.Compose`` mapping a PIL image (or uint8 ``(3, H, W)`` tensor) to a plain float32
@@ -545,7 +556,7 @@ def bot_train_transform(
 
     Raises:
         ValueError: If ``size`` is not a positive integer, ``pca_std`` is negative, ``color`` is not one of the
-            choices, or ``scale`` / ``ratio`` / ``flip_p`` are out of range.
+            choices, ``scale`` / ``ratio`` / ``flip_p`` are out of range, or ``mean`` / ``std`` are malformed.
     """
     size = _check_positive_int(size, "size")
     if pca_std is not None and not (math.isfinite(pca_std) and pca_std >= 0):
@@ -570,26 +581,36 @@ def bot_train_transform(
         steps.append(bot_color_jitter())
     if pca_std:
         steps.append(PCALighting(alpha_std=pca_std))
-    steps += [_bot_normalize(), v2.ToPureTensor()]
+    steps += [_bot_normalize(mean, std), v2.ToPureTensor()]
     return v2.Compose(steps)
 
 
-def bot_eval_transform(size: int = 224, resize: int = 256) -> v2.Compose:
-    """The Bag of Tricks validation transform (He et al. 2019, Sec. 2).
+def bot_eval_transform(
+    size: int = 224,
+    resize: int = 256,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> v2.Compose:
+    """The Bag of Tricks validation transform (He et al. 2019, Sec. 2.1).
 
     Resize the shorter side to ``resize`` (256) keeping the aspect ratio, crop the central ``size`` x ``size`` (224)
-    patch, convert to float on the 0-1 scale and normalise with :data:`BOT_MEAN` / :data:`BOT_STD` divided by 255.
+    patch, convert to float on the 0-1 scale and normalise with :data:`BOT_MEAN` / :data:`BOT_STD` divided by 255
+    (or with ``mean`` / ``std``).
 
     Args:
         size: Side length of the centre crop (224 in the paper).
         resize: Target length of the shorter side before cropping (256 in the paper); must be >= ``size``.
+        mean: Normalisation mean (R, G, B) on the 0-1 scale; None for the paper's. Give ``std`` with it.
+        std: Normalisation std (R, G, B) on the 0-1 scale; None for the paper's.
 
     Returns:
         A ``torchvision.transforms.v2.Compose`` mapping a PIL image (or uint8 ``(3, H, W)`` tensor) to a plain float32
         ``(3, size, size)`` tensor.
 
     Raises:
-        ValueError: If ``size`` or ``resize`` is not a positive integer or ``resize < size``.
+        ValueError: If ``size`` or ``resize`` is not a positive integer, ``resize < size``, or ``mean`` / ``std``
+            are malformed.
     """
     size = _check_positive_int(size, "size")
     resize = _check_positive_int(resize, "resize")
@@ -600,13 +621,13 @@ def bot_eval_transform(size: int = 224, resize: int = 256) -> v2.Compose:
         v2.CenterCrop(size),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
-        _bot_normalize(),
+        _bot_normalize(mean, std),
         v2.ToPureTensor(),
     ])
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Batched tensor augmentation (Myrtle.ai, Page 2018, posts 4 and 7)
+# Batched tensor augmentation (Myrtle.ai, Page 2019, post 8, "Preprocessing on the GPU")
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -679,7 +700,7 @@ def crop_reflect(x: Tensor, offsets: Tensor, padding: int = 4, flip: Tensor | No
 
 
 def random_crop_reflect(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """Random crop with reflect padding, every image of the batch at its own offset (Myrtle.ai, Page 2018, post 4).
+    """Random crop with reflect padding, every image of the batch at its own offset (Myrtle.ai, Page 2019, post 8).
 
     Myrtle.ai's CIFAR-10 pipeline pads 32x32 images by 4 pixels with reflection and takes a random 32x32 crop; here
     the whole ``NCHW`` batch is done at once on its device. Offsets ``(dy, dx)`` are uniform in ``[0, 2p]`` each,
@@ -726,7 +747,7 @@ def flip_images(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Horizontal flip of each image of a batch with probability ``p``, independently (Myrtle.ai, Page 2018, post 4).
+    """Horizontal flip of each image of a batch with probability ``p``, independently (Myrtle.ai, Page 2019, post 8).
 
     The flip decision of image ``i`` is ``u[i] < p`` with ``u`` one ``(N,)`` draw from U[0, 1).
 
@@ -799,7 +820,7 @@ def _draw_corners(x: Tensor, size: int, generator: torch.Generator | None) -> Te
 
 
 def cutout(x: Tensor, size: int = 8, generator: torch.Generator | None = None) -> Tensor:
-    """Cutout: zero one random ``size`` x ``size`` square per image, fully inside it (Myrtle.ai, Page 2018, post 7).
+    """Cutout: zero one random ``size`` x ``size`` square per image, fully inside it (Myrtle.ai, Page 2019, post 8).
 
     Myrtle.ai's recipe adds 8x8 cutout to pad-crop and flip; as in its reference code (``davidcpage/cifar10-fast``)
     the square lies entirely inside the image, with its top-left corner uniform over the ``(H - size + 1) x
@@ -823,7 +844,7 @@ def cutout(x: Tensor, size: int = 8, generator: torch.Generator | None = None) -
 
 
 class BatchAugment:
-    """Pad-crop, flip and cutout on a whole ``NCHW`` batch at once (Myrtle.ai, Page 2018, posts 4 and 7).
+    """Pad-crop, flip and cutout on a whole ``NCHW`` batch at once (Myrtle.ai, Page 2019, post 8).
 
     "How to train your ResNet" moves data augmentation onto the GPU and applies it to whole batches; the recipe is
     reflect-pad 4 and random 32x32 crop, horizontal flip with probability 0.5, and 8x8 cutout. A call gives exactly

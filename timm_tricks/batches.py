@@ -8,6 +8,7 @@ visits exactly the samples the uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,13 +130,16 @@ def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.devi
     """
     if source.in_memory:
         data = load_tensor_data(source, image_size=cfg.data.image_size, download=download, seed=cfg.train.seed)
+        if cfg.augment.mean is not None and cfg.augment.std is not None:  # the recipe's statistics win
+            data = dataclasses.replace(data, mean=tuple(cfg.augment.mean), std=tuple(cfg.augment.std))
         return TensorBatches(data, cfg, shard_of(len(data.train_labels)), device)
     from .augment import bot_eval_transform, bot_train_transform
 
     a, size = cfg.augment, cfg.data.image_size
-    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color) if a.train == "bot" else \
-        bot_eval_transform(size=size, resize=a.eval_resize or size)
-    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875))
+    norm = dict(mean=a.mean, std=a.std)
+    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
+        bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
+    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
     if source.kind == "folder":
         train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
     else:

@@ -15,6 +15,7 @@ status 2. The module needs neither torch nor timm until names are checked.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ class ModelConfig:
     pretrained_file: str | None = option(None, doc="local weights file for pretrained=true")
     drop_rate: float | None = option(None, ge=0.0, lt=1.0, doc="dropout before the classifier; null keeps the model's")
     zero_gamma: bool | None = option(None, doc="zero-init the last BN gamma of each residual branch (BoT Sec. 3.1)")
-    init: str | None = option(None, choices=(*INIT_SCHEMES, None), doc="weight init of the ResNet ladder")
+    init: str | None = option(None, choices=(*INIT_SCHEMES, None),
+                               doc="weight init of the models that take it (ResNet ladder, Wider ResNet)")
     kwargs: dict[str, Any] = option({}, doc="extra keyword arguments for timm.create_model")
 
 
@@ -61,9 +63,12 @@ class AugmentConfig:
     """Training and evaluation transforms (timm_tricks.augment)."""
 
     train: str = option("bot", choices=AUGMENT_PIPELINES,
-                    doc="bot: BoT Sec. 2 pipeline; batched: Myrtle on-device crop/flip/cutout; none")
+                    doc="bot: BoT Sec. 2.1 pipeline; batched: Myrtle on-device crop/flip/cutout; none")
     color: str | None = option("hsv", choices=(*COLOR_MODES, None), doc="BoT colour scaling in [0.6, 1.4]")
-    pca_std: float = option(0.1, ge=0.0, doc="PCA lighting noise std (BoT Sec. 2: 0.1); 0 disables")
+    pca_std: float = option(0.1, ge=0.0, doc="PCA lighting noise std (BoT Sec. 2.1: 0.1); 0 disables")
+    mean: list[float] | None = option(None, doc="normalisation mean (R, G, B) on the 0-1 scale; null: BoT Sec. 2.1's "
+                                      "for file data, the data set's own statistics for in-memory data")
+    std: list[float] | None = option(None, doc="normalisation std (R, G, B) on the 0-1 scale; set together with mean")
     crop_padding: int = option(4, ge=0, doc="batched: reflect padding before the random crop")
     flip: bool = option(True, doc="random horizontal flip")
     cutout: int = option(0, ge=0, doc="batched: cutout square size; 0 disables")
@@ -124,7 +129,7 @@ class DistillConfig:
 
     teacher: str | None = option(None, doc="teacher model name; null disables distillation")
     checkpoint: str | None = option(None, doc="teacher weights file")
-    temperature: float = option(20.0, gt=0.0, doc="BoT Sec. 5.3: T = 20")
+    temperature: float = option(20.0, gt=0.0, doc="BoT Sec. 5.5: T = 20")
     weight: float = option(1.0, ge=0.0, doc="weight of the T^2-scaled soft term; the hard term has weight 1")
 
 
@@ -329,3 +334,20 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"mixup.off_epochs={cfg.mixup.off_epochs} exceeds train.epochs={cfg.train.epochs}")
     if cfg.schedule.warmup_epochs > cfg.train.epochs and not s.rescale_epochs:
         raise ConfigError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
+    _check_normalisation(cfg.augment)
+
+
+def _check_normalisation(a: AugmentConfig) -> None:
+    """``augment.mean`` / ``augment.std``: both or neither, three finite values each, on the 0-1 scale."""
+    if (a.mean is None) != (a.std is None):
+        raise ConfigError("augment.mean and augment.std go together: set both (0-1 scale) or neither")
+    if a.mean is None or a.std is None:
+        return
+    for key, values, ok, rule in (("augment.mean", a.mean, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+                                  ("augment.std", a.std, lambda v: 0.0 < v <= 1.0, "in (0, 1]")):
+        if len(values) != 3:
+            raise ConfigError(f"{key}={values!r} needs one value per channel (R, G, B), got {len(values)}")
+        if not all(math.isfinite(v) and ok(v) for v in values):
+            raise ConfigError(f"{key}={values!r} must hold values {rule}: the 0-1 scale (divide 0-255 values by 255)")
+
+

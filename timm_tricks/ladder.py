@@ -9,7 +9,7 @@ config keys and is added to everything above it::
     teacher: {rung: + label smoothing, set: {model.name: resnet152d_tricks}}   # for distilling rungs
     rungs:
       - name: baseline
-        paper: 75.3
+        paper: 75.87
       - name: + zero gamma
         set: {model.zero_gamma: true}
       - name: + FP16
@@ -19,7 +19,7 @@ config keys and is added to everything above it::
 A rung with ``needs_gpu`` is left out, with its changes, when the trials have no GPU. :func:`plan_ladder` turns a
 ladder and the command's options into one validated config per rung (the command's options win over the rungs'),
 and marks a rung skipped when the options make it identical to the rung before it. Shipped ladders live in
-``timm_tricks/ladders/``: ``bag_of_tricks`` (He et al., CVPR 2019, Tables 1 and 4-6) and ``myrtle_resnet9``
+``timm_tricks/ladders/``: ``bag_of_tricks`` (He et al., CVPR 2019, Tables 2 and 4-6) and ``myrtle_resnet9``
 (Myrtle.ai, "How to train your ResNet 8").
 """
 

@@ -61,7 +61,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
     Args:
         num_classes: ``K``.
-        eps: Smoothing; Bag of Tricks Sec. 5.2 uses 0.1, Myrtle's final ResNet-9 recipe 0.2.
+        eps: Smoothing; Bag of Tricks Sec. 5.5 uses 0.1, Myrtle's final ResNet-9 recipe 0.2.
         form: ``paper`` (default) or ``uniform``; see :func:`smooth_targets`.
     """
 

@@ -10,8 +10,8 @@ Sources:
       ``m`` batches the learning rate at batch ``i`` (1-based) is ``i * eta / m``.
     * Cosine: Bag of Tricks Sec. 5.1, ``eta_t = 1/2 (1 + cos(t pi / T)) eta`` with ``T`` the number of batches
       after warmup.
-    * Step: Bag of Tricks Sec. 2 baseline, divided by 10 at epochs 30, 60 and 90.
-    * Exponential (staircase): Chollet, "Xception", CVPR 2017, Sec. 4.3, 0.94 every 2 epochs.
+    * Step: Bag of Tricks Sec. 2.1 baseline, divided by 10 at epochs 30, 60 and 90.
+    * Exponential (staircase): Chollet, "Xception", CVPR 2017, Sec. 4.2, 0.94 every 2 epochs.
     * Linear to a floor: Mapillary inplace_abn ImageNet recipe, lr decreased linearly per step.
     * Piecewise linear: Page, "How to train your ResNet" (Myrtle.ai 2018), with the knots rescaled in proportion
       to the epoch budget.

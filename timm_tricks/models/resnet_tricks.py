@@ -276,7 +276,7 @@ def resnet101d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
 @register_model
 def resnet152d_tricks(pretrained: bool = False, **kwargs: Any) -> ResNetTricks:
     """ResNet-152-D: bottlenecks (3, 8, 36, 3) with the C stem and D shortcut (a ResNet-152 is the distillation
-    teacher of arXiv:1812.01187, Sec. 5.3)."""
+    teacher of arXiv:1812.01187, Sec. 5.5)."""
     model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3), **_D_LAYOUT)
     return _create_resnet_tricks('resnet152d_tricks', pretrained, **dict(model_args, **kwargs))
 

@@ -1,9 +1,11 @@
 """Wider ResNet "Model A" (ResNet-38 and its 16/20-layer siblings) as a timm model.
 
 Wu, Shen and van den Hengel, "Wider or Deeper: Revisiting the ResNet Model for Visual Recognition",
-Pattern Recognition 2019 (arXiv:1611.10080). Model A reaches 19.20% top-1 error on ILSVRC12 val at test scale 320.
-The layout follows Mapillary's inplace_abn ``models/wider_resnet.py`` and ``modules/residual.py``
-(``IdentityResidualBlock``), whose ImageNet recipe reports 79.72 top-1 at 224 for ``wider_resnet38``:
+Pattern Recognition 2019 (arXiv:1611.10080). The authors' code release (``itijyou/ademxapp``, README.md, "Results on
+the ILSVRC 2012 val set tested with a single scale (320, without flipping)") gives Model A 19.20% top-1 error.
+The layout follows Mapillary's inplace_abn ``scripts/models/wider_resnet.py`` and ``scripts/modules/residual.py``
+(``IdentityResidualBlock``), whose ImageNet recipe reports 79.72 top-1 at 224 for ``wider_resnet38`` (README.md,
+"Training on ImageNet-1k" table):
 
 * stem: one 3x3 conv, 3 -> 64, stride 1, with no norm or activation after it (the first block's pre-activation
   normalises its output);
@@ -35,7 +37,7 @@ from timm.layers import ClassifierHead, LayerType, get_act_layer, get_norm_act_l
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['IdentityResidualBlock', 'WiderResNet', 'stage_plan', 'WIDER_RESNET_WIDTHS']
+__all__ = ['IdentityResidualBlock', 'WiderResNet', 'stage_plan', 'WIDER_RESNET_INITS', 'WIDER_RESNET_WIDTHS']
 
 WIDER_RESNET_WIDTHS: tuple[tuple[int, ...], ...] = (
     (128, 128), (256, 256), (512, 512), (512, 1024), (512, 1024, 2048), (1024, 2048, 4096))
@@ -43,6 +45,12 @@ WIDER_RESNET_WIDTHS: tuple[tuple[int, ...], ...] = (
 
 INPLACE_ABN_SLOPE = 0.01
 """InPlace-ABN's default leaky ReLU slope (``activation_param``)."""
+
+WIDER_RESNET_INITS: tuple[str, ...] = ('kaiming', 'xavier')
+"""Valid values of ``WiderResNet(init=...)``."""
+
+INPLACE_ABN_CLASSIFIER_GAIN = 0.1
+"""Gain of the classifier's Xavier-uniform init in inplace_abn's ``scripts/train_imagenet.py`` (``init_weights``)."""
 
 _OUTPUT_STRIDES = (8, 16, 32)
 _NUM_TAPS = 8  # feature_info: the stem, six stages and the final BN-act
@@ -176,6 +184,16 @@ class IdentityResidualBlock(nn.Module):
         return self.convs(xn) + shortcut
 
 
+def _xavier_gain(act_layer: Any, act_kwargs: dict[str, Any]) -> float:
+    """The Xavier gain inplace_abn's ``init_weights`` uses for an activation: leaky ReLU's for its slope, ReLU's for
+    ReLU and ELU, 1 for anything else."""
+    if isinstance(act_layer, type) and issubclass(act_layer, nn.LeakyReLU):
+        return nn.init.calculate_gain('leaky_relu', act_kwargs.get('negative_slope', INPLACE_ABN_SLOPE))
+    if isinstance(act_layer, type) and issubclass(act_layer, (nn.ReLU, nn.ELU)):
+        return nn.init.calculate_gain('relu')
+    return 1.0
+
+
 def _default_norm_act() -> Any:
     return get_norm_act_layer('batchnorm2d', act_layer=nn.LeakyReLU)
 
@@ -187,8 +205,16 @@ class WiderResNet(nn.Module):
     before the first five stages) and ``WiderResNetA2`` (pools before the first two, strided first blocks in the
     next three, dropout in the last two).
 
-    Weight init (ours; the reference relies on PyTorch's defaults): Kaiming normal, fan-out, for convs; BN gamma 1,
-    beta 0; PyTorch's default for the classifier.
+    Weight init, ``init``:
+
+    * ``'xavier'``: inplace_abn's ImageNet training (``scripts/train_imagenet.py``, ``init_weights``, with the
+      defaults of ``scripts/imagenet/config.py``: ``weight_init`` ``xavier_normal``, ``weight_gain_multiplier`` 1):
+      every conv ``xavier_normal_(w, gain)`` with the gain of the activation (``calculate_gain('leaky_relu', slope)``
+      for leaky ReLU, ``calculate_gain('relu')`` for ReLU and ELU, 1 otherwise), i.e. std =
+      gain * sqrt(2 / (fan_in + fan_out)); the classifier ``xavier_uniform_(w, 0.1)``, i.e. U[-a, a] with
+      a = 0.1 * sqrt(6 / (fan_in + fan_out)); biases 0; BN gamma 1, beta 0.
+    * ``'kaiming'`` (default, this project's choice): Kaiming normal, fan-out, for convs; BN gamma 1, beta 0; PyTorch's
+      default for the classifier.
     """
 
     def __init__(
@@ -207,6 +233,7 @@ class WiderResNet(nn.Module):
             norm_layer: LayerType = 'batchnorm2d',
             act_layer: LayerType = 'leaky_relu',
             act_kwargs: dict[str, Any] | None = None,
+            init: str = 'kaiming',
             device: Any = None,
             dtype: Any = None,
     ) -> None:
@@ -228,13 +255,18 @@ class WiderResNet(nn.Module):
                 momentum 0.1 as the reference).
             act_layer: Activation (default leaky ReLU).
             act_kwargs: Activation kwargs; default ``negative_slope=0.01`` for leaky ReLU (InPlace-ABN's default).
+            init: Weight init, one of ``WIDER_RESNET_INITS``: ``'xavier'`` (inplace_abn's ImageNet training) or
+                ``'kaiming'`` (see the class docstring).
             device: Parameter device.
             dtype: Parameter dtype.
 
         Raises:
-            ValueError: For per-stage arguments of the wrong length or an unsupported ``output_stride``.
+            ValueError: For per-stage arguments of the wrong length, an unsupported ``output_stride`` or an unknown
+                ``init``.
         """
         super().__init__()
+        if init not in WIDER_RESNET_INITS:
+            raise ValueError(f'Unknown init scheme {init!r}; valid choices: {", ".join(WIDER_RESNET_INITS)}')
         dd = dict(device=device, dtype=dtype)
         per_stage = dict(layers=layers, pool_stages=pool_stages, strided_stages=strided_stages,
                          drop_probs=drop_probs, widths=widths)
@@ -249,6 +281,8 @@ class WiderResNet(nn.Module):
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
         if act_kwargs:
             norm_act_layer = partial(norm_act_layer, act_kwargs=dict(act_kwargs))
+        self.init_scheme = init
+        self.init_gain = _xavier_gain(act_layer, act_kwargs or {})
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -291,13 +325,23 @@ class WiderResNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """Kaiming normal (fan-out) conv weights; norm layers gamma 1, beta 0."""
+        """Initialise the weights by ``self.init_scheme`` (see the class docstring); norm layers gamma 1, beta 0."""
+        xavier = self.init_scheme == 'xavier'
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                if xavier:
+                    nn.init.xavier_normal_(m.weight, self.init_gain)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear) and xavier:
+                nn.init.xavier_uniform_(m.weight, INPLACE_ABN_CLASSIFIER_GAIN)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -456,8 +500,8 @@ default_cfgs = generate_default_cfgs({
     'wider_resnet16_tricks': _cfg(),
     'wider_resnet20_tricks': _cfg(),
     'wider_resnet38_tricks': _cfg(notes=(
-        'arXiv:1611.10080 Model A: 19.20% top-1 error at test scale 320',
-        'inplace_abn wider_resnet38: 79.72 top-1 at 224',
+        'Model A of arXiv:1611.10080: 19.20% top-1 error at a single test scale of 320 (itijyou/ademxapp README.md)',
+        'inplace_abn wider_resnet38: 79.72 top-1 at 224 (mapillary/inplace_abn README.md)',
     )),
     'wider_resnet38_a2_tricks': _cfg(),
 })

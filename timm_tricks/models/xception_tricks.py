@@ -4,17 +4,20 @@
 Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image Segmentation", ECCV 2018
 (DeepLab v3+, arXiv:1802.02611), Sec. 3.2 and Fig. 4, modify Chollet's Xception (CVPR 2017, arXiv:1610.02357):
 a deeper middle flow, every max pool replaced by a strided depthwise separable conv, and "extra batch normalization
-and ReLU activation are added after each 3x3 depthwise convolution". The TF reference code (and timm's
-``xception65``, which matches it) only has that ReLU in the last exit-flow block; ``dw_act=True`` adds it
-everywhere, as the text says.
+and ReLU activation are added after each 3x3 depthwise convolution". The TF reference code
+(``tensorflow/models`` ``research/deeplab/core/xception.py``: ``activation_fn_in_separable_conv=True`` only for
+``exit_flow/block2`` in ``xception_41`` / ``xception_65_factory`` / ``xception_71_factory``; timm's ``xception65``
+matches it) has that ReLU in the last exit-flow block only: 3 of the 63 separable convs of Xception-65.
+``dw_act=True`` adds it after every depthwise conv, as the paper's text says.
 
-Defaults taken from the papers rather than from timm:
+Defaults taken from the reference code and papers rather than from timm:
 
-* BatchNorm epsilon 1e-3 and decay 0.9997 (DeepLab v3+ ImageNet training), i.e. PyTorch ``momentum`` =
-  1 - 0.9997 = 3e-4 (timm's xception models use momentum 0.1);
-* dropout 0.5 before the classifier (Xception, Sec. 4, regularization configuration: "a dropout layer of
-  rate 0.5 before the logistic regression layer");
-* 299 x 299 input (both papers).
+* BatchNorm epsilon 1e-3 and decay 0.9997, i.e. PyTorch ``momentum`` = 1 - 0.9997 = 3e-4 (timm's xception models
+  use momentum 0.1). These come from the authors' TF code (``research/deeplab/core/xception.py``,
+  ``xception_arg_scope(batch_norm_decay=0.9997, batch_norm_epsilon=0.001)``), not from a section of the paper;
+* dropout 0.5 before the classifier (Xception, Sec. 4.3, regularization configuration: "a dropout layer of
+  rate 0.5 before the logistic regression layer"; the TF code's ``xception(keep_prob=0.5)``);
+* 299 x 299 input (Xception, Fig. 5; DeepLab v3+, Sec. 4.3, ImageNet pretraining).
 
 Block layouts (timm / TF DeepLab ``xception_41/65/71``): entry flow, a middle flow of 8 (41) or 16 (65, 71) blocks
 of 728 channels, and the two exit-flow blocks.
@@ -35,11 +38,11 @@ from timm.models.xception_aligned import SeparableConv2d, XceptionAligned
 __all__ = ['XceptionTricks', 'xception_block_cfg', 'DEEPLAB_BN_EPS', 'DEEPLAB_BN_MOMENTUM']
 
 DEEPLAB_BN_EPS = 1e-3
-"""BatchNorm epsilon of DeepLab v3+ ImageNet training (arXiv:1802.02611)."""
+"""BatchNorm epsilon of the DeepLab TF code (``research/deeplab/core/xception.py``, ``xception_arg_scope``)."""
 DEEPLAB_BN_MOMENTUM = 3e-4
-"""PyTorch BN momentum for TF decay 0.9997 (DeepLab v3+): momentum = 1 - decay."""
+"""PyTorch BN momentum for the DeepLab TF code's decay 0.9997 (``xception_arg_scope``): momentum = 1 - decay."""
 XCEPTION_DROP_RATE = 0.5
-"""Dropout before the classifier (Xception, arXiv:1610.02357, Sec. 4, regularization configuration)."""
+"""Dropout before the classifier (Xception, arXiv:1610.02357, Sec. 4.3, regularization configuration)."""
 
 _MIDDLE_CHS = 728
 
@@ -91,10 +94,10 @@ class XceptionTricks(XceptionAligned):
 
         Args:
             block_cfg: Block configs (see ``xception_block_cfg``); copied, not modified.
-            bn_eps: BatchNorm epsilon; default 1e-3 (DeepLab v3+).
-            bn_momentum: BatchNorm momentum (PyTorch convention); default 3e-4 (TF decay 0.9997).
-            dw_act: Add the activation after every depthwise conv's BN (DeepLab v3+ text), not only in the last
-                exit-flow block (TF code, timm).
+            bn_eps: BatchNorm epsilon; default 1e-3 (DeepLab TF code).
+            bn_momentum: BatchNorm momentum (PyTorch convention); default 3e-4 (TF code's decay 0.9997).
+            dw_act: Add the activation after every depthwise conv's BN (DeepLab v3+ text, Sec. 3.2), not only in
+                the last exit-flow block (TF code, timm).
             norm_layer: Norm layer; exclusive with ``bn_eps`` / ``bn_momentum``.
             act_layer: Activation class or timm name (default ReLU).
             drop_rate: Dropout before the classifier; default 0.5 (Xception).
