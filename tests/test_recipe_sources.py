@@ -29,10 +29,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import timm_tricks.models  # noqa: F401  (registers the *_tricks models)
 from timm_tricks.augment import bot_eval_transform, bot_train_transform
+from timm_tricks.batches import build_batches
 from timm_tricks.config import ConfigError, list_recipes, load_config
 from timm_tricks.data import parse_source
 from timm_tricks.ladder import load_ladder
-from timm_tricks.train import build_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCED_FILES = sorted([*(ROOT / "timm_tricks" / "recipes").glob("*.yaml"),
@@ -243,6 +243,12 @@ def test_transforms_apply_the_given_statistics():
         bot_eval_transform(32, 36, mean=(0.5,) * 2, std=(0.5,) * 2)
 
 
+def _one_process(batch):
+    from timm_tricks.batches import Shard
+
+    return lambda size: Shard(size, batch, rank=0, world=1, seed=0)
+
+
 def test_trainer_batches_use_the_recipe_statistics(tmp_path):
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -251,12 +257,12 @@ def test_trainer_batches_use_the_recipe_statistics(tmp_path):
                 Image.new("RGB", (40, 40), (255, 255, 255)).save(tmp_path / split / cls / f"{i}.png")
     cfg = load_config(None, [f"data.source=folder:{tmp_path}", "data.image_size=32", "data.batch_size=2",
                              "data.workers=0", "augment.mean=[0.5, 0.5, 0.5]", "augment.std=[0.5, 0.5, 0.5]"])
-    batches = build_batches(cfg, parse_source(cfg.data.source), 2, 0, 1, torch.device("cpu"))
+    batches = build_batches(cfg, parse_source(cfg.data.source), _one_process(2), torch.device("cpu"))
     images, _ = next(iter(batches.eval_batches(2)))
     assert torch.allclose(images, torch.ones_like(images))
 
     cfg = load_config("digits", ["augment.mean=[0.5, 0.5, 0.5]", "augment.std=[0.5, 0.5, 0.5]"])
-    batches = build_batches(cfg, parse_source("digits"), 64, 0, 1, torch.device("cpu"))
+    batches = build_batches(cfg, parse_source("digits"), _one_process(64), torch.device("cpu"))
     assert batches.data.mean == (0.5, 0.5, 0.5) and batches.data.std == (0.5, 0.5, 0.5)
-    assert build_batches(load_config("digits"), parse_source("digits"), 64, 0, 1,
+    assert build_batches(load_config("digits"), parse_source("digits"), _one_process(64),
                          torch.device("cpu")).data.mean != (0.5, 0.5, 0.5)  # null: the data set's own statistics
