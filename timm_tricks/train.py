@@ -252,16 +252,19 @@ class Trainer:
         resume: Continue from the newest complete checkpoint in ``output_dir/checkpoints``.
         download: Let CIFAR / timm data sets download their files.
         callback: Called on the main process after each epoch as ``callback(epoch, metrics, checkpoint_dir)``.
+        step_callback: Called on every process after each optimizer step (after that step's checkpoint, if any)
+            as ``step_callback(state)``, ``state`` the run's :class:`TrainState`.
         accelerator: An ``accelerate.Accelerator`` to use (default: one built from the config).
     """
 
     def __init__(self, cfg: Config, output_dir: str | Path, resume: bool = False, download: bool = False,
                  callback: Callable[[int, dict[str, float], Path | None], None] | None = None,
-                 accelerator: Any = None) -> None:
+                 accelerator: Any = None, step_callback: Callable[[TrainState], None] | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
+        self.step_callback = step_callback
         self._check_output_dir()
         self.accelerator = accelerator or Accelerator(
             cpu=cpu_only_distributed(),
@@ -406,6 +409,8 @@ class Trainer:
                 self.save_checkpoint()
             if st.global_step == kill_at:
                 _kill_for_tests()
+            if self.step_callback is not None:
+                self.step_callback(st)
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
         if progress is not None:
