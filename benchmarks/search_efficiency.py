@@ -30,7 +30,8 @@ from docs_section import machine, publish
 from ray.tune import Callback
 
 from timm_tricks.config import ConfigError
-from timm_tricks.tune import run_search
+from timm_tricks.experiment import ClusterOptions
+from timm_tricks.tune import SearchOptions, run_search
 from timm_tricks.tune_space import load_space
 
 HEADING = "## Search efficiency: ASHA against FIFO (benchmarks/search_efficiency.py)"
@@ -54,10 +55,12 @@ def search(scheduler: str, args: argparse.Namespace, storage: Path, grace_period
     """One search; its best top-1, total epochs, wall time and the per-trial overheads."""
     clock = TrialClock()
     t0 = time.perf_counter()
+    options = SearchOptions(num_samples=args.num_samples, scheduler=scheduler, search="random", seed=args.seed,
+                            grace_period=grace_period, reduction_factor=args.reduction_factor,
+                            name=f"{scheduler}{grace_period}")
     exp = run_search(load_space("digits"), "digits", overrides=[f"train.epochs={args.epochs}", *args.set],
-                     num_samples=args.num_samples, scheduler=scheduler, search="random", seed=args.seed,
-                     max_concurrent=args.max_concurrent, storage=storage, name=f"{scheduler}{grace_period}",
-                     callbacks=[clock], grace_period=grace_period, reduction_factor=args.reduction_factor)
+                     options=options, cluster=ClusterOptions(storage=storage, max_concurrent=args.max_concurrent),
+                     callbacks=[clock])
     wall = time.perf_counter() - t0
     rows = list(csv.DictReader(open(exp / "trials.csv")))
     overheads = []

@@ -105,3 +105,45 @@ def test_no_intact_checkpoint_is_one_line(full_run, tmp_path):
         (ckpt / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="no checkpoint in .* is intact .*model.safetensors has 0 bytes"):
         Trainer(load_config("digits", FAST), out, resume=True).fit()
+
+
+def _fake_checkpoint(path, step, data=b"w"):
+    """A checkpoint folder whose marker records its files (contents need not be loadable for adoption)."""
+    path.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        (path / name).write_bytes(data + name.encode())
+    files = {p.name: file_record(p) for p in path.iterdir()}
+    (path / "COMPLETE").write_text(json.dumps({"global_step": step, "files": files}))
+    return path
+
+
+class _TuneCheckpoint:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(self.path)
+
+
+def test_tune_adopts_only_a_whole_checkpoint_and_never_deletes_the_trials_own_first(tmp_path):
+    """The driver was killed while Tune deleted an old trial checkpoint: the folder Tune's snapshot names holds
+    only its marker. Adopting it fails, and the trial's own good checkpoint is left in place to resume from."""
+    from timm_tricks.experiment import _adopt
+
+    run = tmp_path / "trial" / "run"
+    own = _fake_checkpoint(run / "checkpoints" / "ckpt-000000022", 22)
+    (run / "config.yaml").write_text("name: trial\n")
+    gone = _fake_checkpoint(tmp_path / "tune" / "checkpoint_000001", 11)
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        (gone / name).unlink()
+    assert not _adopt(_TuneCheckpoint(gone), run / "checkpoints")
+    assert verify_checkpoint(own) is None and (run / "config.yaml").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    # a whole one (a PBT donor's) replaces the trial's checkpoints, and the config they were written under
+    donor = _fake_checkpoint(tmp_path / "tune" / "checkpoint_000002", 33, data=b"donor")
+    assert _adopt(_TuneCheckpoint(donor), run / "checkpoints")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt-000000033"]
+    assert verify_checkpoint(run / "checkpoints" / "ckpt-000000033") is None
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]

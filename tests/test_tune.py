@@ -1,8 +1,12 @@
 """Ray Tune searches on the CPU (embedded Ray, 2 CPUs, tiny trials)."""
 
+import argparse
+import ast
 import csv
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +20,8 @@ from timm_tricks.config import ConfigError, load_config
 TINY = ["model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128", "train.keep_checkpoints=1"]
 
 
-def _tune(args, tmp_path, check=True, env_extra=None):
-    env = dict(os.environ, HOME=str(tmp_path), **(env_extra or {}))
+def _tune(args, tmp_path, check=True):
+    env = dict(os.environ, HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "timm_tricks", "tune", *args], capture_output=True, text=True,
                           env=env, timeout=900)
     if check:
@@ -71,16 +75,46 @@ def test_bad_space_is_rejected_before_ray_starts(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+# A search run through the Python API with a step callback that SIGKILLs the trial's process once (the marker
+# file remembers), after a given optimizer step. Defined in the script's __main__, so cloudpickle sends the
+# callback to the Ray workers by value.
+KILLED_SEARCH = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+from timm_tricks.experiment import ClusterOptions
+from timm_tricks.tune import SearchOptions, run_search
+from timm_tricks.tune_space import load_space
+
+space, storage, marker, kill_at, *overrides = sys.argv[1:]
+
+
+def kill_once(state):
+    if state.global_step == int(kill_at) and not os.path.exists(marker):
+        Path(marker).write_text("killed\\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+run_search(load_space(space), "digits", overrides=overrides, cluster=ClusterOptions(storage=storage),
+           options=SearchOptions(num_samples=1, scheduler="fifo", name="retry"), step_callback=kill_once)
+"""
+
+
 @pytest.mark.slow
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     marker = tmp_path / "killed-once"
     storage = tmp_path / "results"
     space = tmp_path / "one.yaml"
     space.write_text("recipe: digits\nspace:\n  optim.lr: {choice: [0.1]}\n")
+    script = tmp_path / "killed_search.py"
+    script.write_text(KILLED_SEARCH)
     # 11 steps an epoch; the trial's process is SIGKILLed after step 17, inside epoch 2
-    _tune(["--space", str(space), "--num-samples", "1", "--epochs", "3", "--scheduler", "fifo", "--storage",
-           str(storage), "--name", "retry", *[a for o in TINY for a in ("--set", o)]], tmp_path,
-          env_extra={"TIMM_TRICKS_KILL_AT_STEP": "17", "TIMM_TRICKS_KILL_ONCE": str(marker)})
+    proc = subprocess.run([sys.executable, str(script), str(space), str(storage), str(marker), "17",
+                           "train.epochs=3", *TINY], capture_output=True, text=True,
+                          env=dict(os.environ, HOME=str(tmp_path)), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert marker.exists()
     (row,) = list(csv.DictReader(open(storage / "retry" / "trials.csv")))
     assert row["status"] == "TERMINATED" and row["epochs"] == "3"
@@ -88,7 +122,6 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
     assert [r["epoch"] for r in summary] == ["0", "1", "2"]  # epoch 1 trained again from the epoch-0 checkpoint
     assert (trial / "error.txt").exists()
-
 
 
 @pytest.mark.slow
@@ -170,16 +203,15 @@ def test_a_trial_with_two_workers_runs_as_a_ray_train_run(tmp_path):
     assert row["status"] == "TERMINATED" and row["epochs"] == "2"
     trial = storage / "w2" / row["path"].rsplit("/", 1)[-1]
     ckpt = max((trial / "run" / "checkpoints").glob("ckpt-*"))
-    # two processes (accelerate saves one RNG state each) at 64 images each: 1438 // 128 = 11 steps an epoch
+    # two processes (the checkpoint keeps each one's running loss) at 64 images each: 1438 // 128 = 11 steps an epoch
     assert ckpt.name == "ckpt-000000022"
-    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert len(json.loads((ckpt / "trainer_state.json").read_text())["loss_sums"]) == 2
     assert json.loads((trial / "run" / "metrics.json").read_text())["eval_count"] == 359
     assert (trial / "ray_train").is_dir() and list(trial.glob("checkpoint_*"))  # Tune holds the epoch's checkpoint
 
 
 def test_shared_storage_is_read_from_the_mount_table(tmp_path):
     from timm_tricks.ray_cluster import is_shared_storage
-    from timm_tricks.tune import trial_workers
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n"
@@ -187,13 +219,69 @@ def test_shared_storage_is_read_from_the_mount_table(tmp_path):
     assert is_shared_storage("/mnt/shared/tune/exp", mounts=str(mounts))
     assert not is_shared_storage("/home/me/runs", mounts=str(mounts))
     assert not is_shared_storage("/mnt/shared/scratch/x", mounts=str(mounts))  # the longest mount point wins
-    assert (trial_workers(0, None), trial_workers(1, None), trial_workers(4, None), trial_workers(0, 2)) == (1, 1, 4, 2)
-    with pytest.raises(ConfigError, match="does not split"):
-        trial_workers(3, 2)
+
+
+def test_cluster_options_count_the_workers_of_a_trial_and_refuse_what_cannot_run():
+    from timm_tricks.experiment import ClusterOptions
+
+    def workers(gpus, given):
+        return ClusterOptions(gpus_per_trial=gpus, workers_per_trial=given).workers
+
+    assert (workers(0, None), workers(1, None), workers(4, None), workers(0, 2)) == (1, 1, 4, 2)
+    for kwargs, message in [({"gpus_per_trial": 3, "workers_per_trial": 2}, "does not split"),
+                            ({"gpus_per_trial": 1.5}, "must be a whole number"),
+                            ({"workers_per_trial": 0}, "--workers-per-trial must be at least 1"),
+                            ({"max_concurrent": 0}, "--max-concurrent must be at least 1")]:
+        with pytest.raises(ConfigError, match=message):
+            ClusterOptions(**kwargs)
+    # the commands' flags carry the fields' names
+    args = argparse.Namespace(address="auto", storage="/shared", gpus_per_trial=2.0, cpus_per_trial=8.0,
+                              workers_per_trial=None, max_concurrent=3, max_failures=1, download=True, seed=7)
+    cluster = ClusterOptions.from_args(args)
+    assert cluster == ClusterOptions("auto", "/shared", 2.0, 8.0, None, 3, 1, True) and cluster.workers == 2
+    assert cluster.recorded() == {"gpus_per_trial": 2.0, "cpus_per_trial": 8.0, "workers": 2}
+
+
+def test_search_options_refuse_an_unknown_scheduler_or_an_empty_search():
+    from timm_tricks.tune import SearchOptions
+
+    for kwargs, message in [({"scheduler": "hyperband"}, "unknown scheduler 'hyperband'; valid: asha, pbt, fifo"),
+                            ({"search": "grid"}, "unknown search 'grid'"), ({"num_samples": 0}, "--num-samples"),
+                            ({"grace_period": 0}, "--grace-period must be at least 1")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            SearchOptions(**kwargs)
+
+
+def test_the_trial_factory_gives_a_trainable_named_trial_fn_that_holds_one_trials_resources():
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    from timm_tricks.experiment import ClusterOptions, make_trial
+
+    one = make_trial("digits", cluster=ClusterOptions(cpus_per_trial=2))
+    assert one.__name__ == "trial_fn" and one._resources == PlacementGroupFactory([{"CPU": 2}])
+    # a trial of several workers only waits on its Ray Train run, which holds the resources
+    many = make_trial({"a": "digits"}, cluster=ClusterOptions(cpus_per_trial=2, workers_per_trial=2))
+    assert many._resources == PlacementGroupFactory([{"CPU": 0.01}])
+
+
+def test_no_function_of_the_ray_runtime_takes_more_than_8_parameters_and_no_module_is_over_450_lines():
+    import timm_tricks.ablate
+    import timm_tricks.experiment
+    import timm_tricks.tune
+
+    for module in (timm_tricks.experiment, timm_tricks.tune, timm_tricks.ablate):
+        source = inspect.getsource(module)
+        assert len(source.splitlines()) <= 450, module.__name__
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                count = len(a.posonlyargs + a.args + a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                count -= bool(a.args) and a.args[0].arg in ("self", "cls")
+                assert count <= 8, f"{module.__name__}.{node.name} takes {count}"
 
 
 def test_resume_keeps_the_first_runs_options_and_a_refused_start_leaves_nothing(tmp_path):
-    from timm_tricks.tune import OPTIONS_FILE, experiment_guard
+    from timm_tricks.experiment import OPTIONS_FILE, experiment_guard
 
     exp = tmp_path / "exp"
     first = {"recipe": "digits", "overrides": ["train.epochs=3"], "gpus_per_trial": 0}

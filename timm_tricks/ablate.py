@@ -3,10 +3,11 @@
 Every rung's config is written as a recipe file (``rungs/NN_<rung>.yaml``, trainable on its own with
 ``timm-tricks train --recipe``), the distilling rungs' teacher is trained first as its own Tune experiment
 (``teacher/``) unless a checkpoint is given, and the grid (``grid/``) runs each rung with seeds ``0..K-1`` through
-the same trial function as ``timm-tricks tune``: retries from checkpoints, ``--resume`` after a killed driver,
-local or on a cluster. The result is ``ablation.md`` (rung, mean and standard deviation of the final metric over
-the seeds, change against the rung before, time per run, the paper's number), ``ablation.csv`` (one row per run)
-and ``ablation.png`` (a bar chart with one standard deviation as error bars).
+the same trial function as ``timm-tricks tune`` (:func:`timm_tricks.experiment.make_trial`): retries from
+checkpoints, ``--resume`` after a killed driver, local or on a cluster. The result is ``ablation.md`` (rung, mean
+and standard deviation of the final metric over the seeds, change against the rung before, time per run, the
+paper's number), ``ablation.csv`` (one row per run) and ``ablation.png`` (a bar chart with one standard deviation
+as error bars).
 """
 
 from __future__ import annotations
@@ -14,65 +15,88 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TrainingError
+from .experiment import (
+    ClusterOptions,
+    StepCallback,
+    TunerSettings,
+    experiment_dir,
+    experiment_session,
+    fit,
+    make_trial,
+    result_summary,
+)
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
-from .ray_cluster import ray_session
-from .tune import experiment_dir, experiment_guard, fit, result_summary, trial_workers
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """The runs of an ablation besides the ladder, and which experiment it is.
+
+    Attributes:
+        seeds: Runs per rung (``train.seed`` 0 to seeds - 1, the same seeds on every rung).
+        teacher_checkpoint: Weights of the distilling rungs' teacher; None trains the ladder's teacher first.
+        teacher_model: Replaces the model of the ladder's teacher (when it is trained here).
+        name: Ablation name, the folder in the storage (default: the ladder's name).
+        resume: Continue a killed ablation in ``storage/name``.
+    """
+
+    seeds: int = 1
+    teacher_checkpoint: str | None = None
+    teacher_model: str | None = None
+    name: str | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError("--seeds and --max-concurrent must be at least 1")
+        if self.teacher_checkpoint is not None and not Path(self.teacher_checkpoint).is_file():
+            raise ConfigError(f"--teacher-checkpoint {self.teacher_checkpoint!r} is not a file")
 
 
 def _slug(index: int, name: str) -> str:
     return f"{index:02d}_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "rung")
 
 
-def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | None = None, seeds: int = 1,
-                 teacher_checkpoint: str | None = None, teacher_model: str | None = None,
-                 gpus_per_trial: float = 0, cpus_per_trial: float = 1, max_concurrent: int | None = None,
-                 address: str | None = None, storage: str | Path = "runs/ablate", name: str | None = None,
-                 resume: bool = False, max_failures: int = 2, download: bool = False,
-                 workers_per_trial: int | None = None) -> Path:
-    """Train every rung of ``ladder`` with ``seeds`` seeds and write the table; return the ablation folder.
+def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | None = None,
+                 options: AblationOptions | None = None, cluster: ClusterOptions | None = None,
+                 step_callback: StepCallback | None = None) -> Path:
+    """Train every rung of ``ladder`` with ``options.seeds`` seeds and write the table; return the ablation folder.
 
     Args:
         ladder: The validated ladder.
         overrides, updates: The command's ``--set`` overrides and flags, applied to every rung after its changes.
-        seeds: Runs per rung (``train.seed`` 0 to seeds - 1, the same seeds on every rung).
-        teacher_checkpoint: Weights of the distilling rungs' teacher; None trains the ladder's teacher first.
-        teacher_model: Replaces the model of the ladder's teacher (when it is trained here).
-        gpus_per_trial: GPUs of one run; 0 leaves out the rungs that need a GPU (FP16).
-        cpus_per_trial, max_concurrent, address, storage, name, resume, max_failures, download, workers_per_trial:
-            As for :func:`timm_tricks.tune.run_search`.
+        options: Seeds, the teacher, and the experiment's name (:class:`AblationOptions`).
+        cluster: As for :func:`timm_tricks.tune.run_search` (storage default ``runs/ablate``); with no
+            ``gpus_per_trial`` the rungs that need a GPU (FP16) are left out.
+        step_callback: Called in every training process after each optimizer step
+            (:func:`timm_tricks.experiment.make_trial`).
     """
-    if seeds < 1 or (max_concurrent is not None and max_concurrent < 1):
-        raise ConfigError("--seeds and --max-concurrent must be at least 1")
-    updates = updates or {}
-    gpu = gpus_per_trial > 0
+    options, cluster, updates = options or AblationOptions(), cluster or ClusterOptions(), updates or {}
+    gpu = cluster.gpus_per_trial > 0
     plan = plan_ladder(ladder, overrides=overrides, updates=updates, gpu=gpu)
     distilling = [p for p in plan if p.config is not None and p.config.distill.teacher is not None
                   and p.config.distill.checkpoint is None]
-    teacher = None
+    teacher, teacher_checkpoint = None, options.teacher_checkpoint
     if distilling and teacher_checkpoint is None:
-        teacher = teacher_config(ladder, overrides=overrides, updates=updates, gpu=gpu, model=teacher_model)
-    if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
-        raise ConfigError(f"--teacher-checkpoint {teacher_checkpoint!r} is not a file")
-    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    workers = trial_workers(gpus_per_trial, workers_per_trial)
-    exp = experiment_dir(storage, name or ladder.name, resume)
-    options = dict(ladder=repr(ladder), overrides=list(overrides), updates=updates, seeds=seeds,
-                   teacher_checkpoint=teacher_checkpoint, teacher_model=teacher_model, gpus_per_trial=gpus_per_trial,
-                   cpus_per_trial=cpus_per_trial, workers=workers)
+        teacher = teacher_config(ladder, overrides=overrides, updates=updates, gpu=gpu, model=options.teacher_model)
+    exp = experiment_dir(cluster.storage or "runs/ablate", options.name or ladder.name, options.resume)
+    recorded = dict(ladder=repr(ladder), overrides=list(overrides), updates=updates, seeds=options.seeds,
+                    teacher_checkpoint=teacher_checkpoint, teacher_model=options.teacher_model)
+    settings = TunerSettings(metric=ladder.metric, mode=ladder.mode)
     rung_dir = exp / "rungs"
-    with experiment_guard(exp, options, resume), ray_session(address, exp):
+    with experiment_session(exp, recorded, cluster, options.resume):
         rung_dir.mkdir(exist_ok=True)
         if teacher is not None:
             teacher_file = rung_dir / "teacher.yaml"
             teacher_file.write_text(teacher.to_yaml())
             print(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
-            result = fit(exp / "teacher", dict(recipe=str(teacher_file), overrides=[], updates={}, download=download),
-                         {}, resume=resume, metric=ladder.metric, mode=ladder.mode, resources=resources,
-                         workers=workers, max_failures=max_failures, local=address is None)[0]
+            trial = make_trial(teacher_file, cluster=cluster, step_callback=step_callback)
+            result = fit(exp / "teacher", trial, {}, cluster=cluster, settings=settings, resume=options.resume)[0]
             if result.error:
                 first_line = str(result.error).strip().splitlines()[0] if str(result.error).strip() else "an error"
                 raise TrainingError(f"the teacher run failed ({first_line}); its log: {result.path}/error.txt")
@@ -92,11 +116,9 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
             rungs[slug] = str(path)
         from ray import tune
 
-        base = dict(recipe=None, rungs=rungs, overrides=[], updates={}, download=download)
-        space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(seeds)))}
-        results = fit(exp / "grid", base, space, resume=resume, metric=ladder.metric, mode=ladder.mode,
-                      max_concurrent=max_concurrent, resources=resources, workers=workers,
-                      max_failures=max_failures, local=address is None)
+        space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(options.seeds)))}
+        trial = make_trial(rungs, cluster=cluster, step_callback=step_callback)
+        results = fit(exp / "grid", trial, space, cluster=cluster, settings=settings, resume=options.resume)
         names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
         runs = [dict(run_row(r, ladder.metric), rung=names[r.config["rung"]]) for r in results]
     write_ablation(ladder, plan, runs, exp)

@@ -149,24 +149,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import run_search
+    from .experiment import ClusterOptions
+    from .tune import SearchOptions, run_search
     from .tune_space import load_space
 
     space = load_space(args.space)
     recipe = args.recipe or space.recipe
     if not recipe:
         raise UserError(f"search space {args.space!r} names no recipe; pass --recipe")
-    updates = flag_updates(args)
-    run_search(space, recipe, overrides=args.set, updates=updates, num_samples=args.num_samples,
-               scheduler=args.scheduler, search=args.search, gpus_per_trial=args.gpus_per_trial,
-               cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
-               storage=args.storage, name=args.name, resume=args.resume, max_failures=args.max_failures,
-               seed=args.seed, download=args.download, workers_per_trial=args.workers_per_trial,
-               grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+    options = SearchOptions(num_samples=args.num_samples, scheduler=args.scheduler, search=args.search, seed=args.seed,
+                            grace_period=args.grace_period, reduction_factor=args.reduction_factor, name=args.name,
+                            resume=args.resume)
+    run_search(space, recipe, overrides=args.set, updates=flag_updates(args), options=options,
+               cluster=ClusterOptions.from_args(args))
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import AblationOptions, run_ablation
+    from .experiment import ClusterOptions
     from .ladder import list_ladders, load_ladder
 
     if args.list:
@@ -177,14 +178,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if not args.ladder:
         raise UserError("ablate needs --ladder NAME|PATH (see 'timm-tricks ablate --list')")
     ladder = load_ladder(args.ladder)
-    from .ablate import run_ablation
-
-    run_ablation(ladder, overrides=args.set, updates=flag_updates(args), seeds=args.seeds,
-                 teacher_checkpoint=args.teacher_checkpoint, teacher_model=args.teacher_model,
-                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                 max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, name=args.name,
-                 resume=args.resume, max_failures=args.max_failures, download=args.download,
-                 workers_per_trial=args.workers_per_trial)
+    try:
+        options = AblationOptions(seeds=args.seeds, teacher_checkpoint=args.teacher_checkpoint,
+                                  teacher_model=args.teacher_model, name=args.name, resume=args.resume)
+        run_ablation(ladder, overrides=args.set, updates=flag_updates(args), options=options,
+                     cluster=ClusterOptions.from_args(args))
+    except TrainingError as e:
+        print(f"timm-tricks: ablation stopped: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

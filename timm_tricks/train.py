@@ -101,6 +101,8 @@ class Trainer:
         resume: Continue from the newest complete checkpoint in ``output_dir/checkpoints``.
         download: Let CIFAR / timm data sets download their files.
         callback: Called on the main process after each epoch as ``callback(epoch, metrics, checkpoint_dir)``.
+        step_callback: Called on every process after each optimizer step (after that step's checkpoint, if any)
+            as ``step_callback(state)``, ``state`` the run's :class:`TrainState`.
         accelerator: An ``accelerate.Accelerator`` to use (default: one built from the config).
         step_callback: Called on every process after each optimizer step (and its checkpoint, if one is due) as
             ``step_callback(state)`` with the :class:`TrainState`; the resume tests kill the process from it.
