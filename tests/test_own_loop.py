@@ -50,9 +50,8 @@ def test_the_own_accelerator_example_calls_the_step_callback_after_every_step(tm
 def test_the_trial_factory_runs_in_an_own_tuner(tmp_path):
     tiny = '["train.epochs=1", "model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128"]'
     out = _run(_example("Your own Tuner"), tmp_path, replace=[
-        ('overrides=["train.epochs=6"]', f"overrides={tiny}"), ("num_samples=4", "num_samples=1"),
-        ("max_t=6", "max_t=1")])
+        ('overrides=["train.epochs=6"]', f"overrides={tiny}"), ("num_samples=4", "num_samples=1")])
     (trial,) = (tmp_path / "runs" / "own_tuner" / "lr_and_smoothing").glob("trial_fn_*")
-    assert (trial / "run" / "config.yaml").is_file() and (trial / "run" / "model.safetensors").is_file()
+    assert (trial / "run" / "config.yaml").is_file() and (trial / "run" / "model.safetensors").is_file()  # finished
     assert list(trial.glob("checkpoint_*"))  # Tune holds the epoch's checkpoint
     assert str(trial / "run" / "config.yaml") in out and "'optim.lr'" in out
