@@ -141,9 +141,9 @@ def test_tune_adopts_only_a_whole_checkpoint_and_never_deletes_the_trials_own_fi
     assert not _adopt(_TuneCheckpoint(gone), run / "checkpoints")
     assert verify_checkpoint(own) is None and (run / "config.yaml").exists()
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
-    # a whole one (a PBT donor's) replaces the trial's checkpoints, and the config they were written under
+    # a whole one (a PBT donor's) replaces the trial's checkpoints
     donor = _fake_checkpoint(tmp_path / "tune" / "checkpoint_000002", 33, data=b"donor")
     assert _adopt(_TuneCheckpoint(donor), run / "checkpoints")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt-000000033"]
     assert verify_checkpoint(run / "checkpoints" / "ckpt-000000033") is None
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]

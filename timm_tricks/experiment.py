@@ -5,15 +5,12 @@ Nothing here chooses configs: :mod:`timm_tricks.tune` picks the searcher and sch
 
 - :class:`ClusterOptions`: where and on what the trials run (Ray address, storage, resources per trial,
   concurrency, retries).
-- :func:`make_trial`: the trial function, a Ray Tune function trainable that builds a config (recipe +
-  overrides + the trial's sampled values), runs :class:`timm_tricks.train.Trainer` with a per-epoch callback that
-  calls ``ray.tune.report`` with the epoch's checkpoint, and resumes from ``ray.tune.get_checkpoint()`` when Tune
-  restarts it (a retried failure, a restored experiment, or a PBT exploit). Public: it can be given to one's own
-  ``ray.tune.Tuner`` (docs/own_loop.md). A trial of more than one worker is a Ray Train run
-  (:func:`train_with_workers`).
-- :func:`experiment_dir` and :func:`experiment_session`: the experiment folder, held to the options it started
-  with (:func:`experiment_guard`), and the Ray session (:func:`timm_tricks.ray_cluster.ray_session`: loopback
-  and a fresh token, or joining a cluster).
+- :func:`make_trial`: the trial function (public, for one's own ``ray.tune.Tuner``, docs/own_loop.md): it runs
+  :class:`timm_tricks.train.Trainer` on recipe + overrides + the trial's values, reports each epoch with its
+  checkpoint, and resumes from ``ray.tune.get_checkpoint()`` (a retry, a restored experiment, a PBT exploit).
+  A trial of more than one worker is a Ray Train run (:func:`train_with_workers`).
+- :func:`experiment_dir` and :func:`experiment_session`: the experiment folder, held to its first options
+  (:func:`experiment_guard`), and the Ray session (:func:`timm_tricks.ray_cluster.ray_session`).
 - :func:`fit`: the Tuner of one experiment, new or restored; :func:`result_summary` for the reports.
 
 API notes for Ray 2.60 (checked against the installed source): function trainables report with
@@ -39,6 +36,7 @@ import yaml
 from .config import load_config
 from .errors import ConfigError
 from .ray_cluster import ray_session
+from .run_folder import write_atomic
 
 if TYPE_CHECKING:
     from .train import TrainState
@@ -113,8 +111,7 @@ class ClusterOptions:
 
 def trial_config(recipe: str | Path, overrides: Sequence[str], updates: dict[str, Any],
                  values: dict[str, Any]) -> Any:
-    """The config of a trial: ``recipe``, the fixed ``updates`` and ``overrides``, then the trial's sampled
-    ``values`` (dotted keys)."""
+    """A trial's config: ``recipe``, then ``overrides``, ``updates`` and the trial's sampled (dotted) ``values``."""
     return load_config(recipe, list(overrides), updates, values)
 
 
@@ -185,6 +182,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], step_callback: StepC
         # Tune's snapshot names a checkpoint of this trial it has since replaced (the driver died between the two):
         # the trial's own newest checkpoint in ``run`` is the one that replaced it.
         print(f"timm-tricks: checkpoint {checkpoint.path} is gone; resuming from {run / 'checkpoints'}")
+    if checkpoint is not None and (run / "config.yaml").is_file():  # the trial's config (PBT: mutated) continues
+        write_atomic(run / "config.yaml", cfg.to_yaml().encode())
 
     ramp = schedule_from_config(cfg, steps_per_epoch=1).ramp_epochs  # what WarmupASHA waits for
 
@@ -289,15 +288,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _adopt(checkpoint: Any, folder: Path) -> bool:
-    """Make ``checkpoint`` (Tune's, for an exploit the donor trial's) the only checkpoint in ``folder``, so the
-    Trainer continues from it and from nothing newer of this trial's own; False when it no longer exists or is not
-    whole (a driver killed while Tune was deleting it leaves a folder with some files, or only the marker).
-
-    The checkpoint is copied and verified (:func:`timm_tricks.checkpoint.verify_checkpoint`) before anything of
-    the trial's own is deleted, so a failed adoption leaves the trial's checkpoints as they were. The run's
-    ``config.yaml`` goes with its old checkpoints: the trial's config (a PBT exploit's mutated one) is the one the
-    adopted checkpoint continues under.
-    """
+    """Make ``checkpoint`` (Tune's, for an exploit the donor trial's) the only checkpoint in ``folder``; False when
+    it is gone or not whole (a driver killed while Tune deleted it leaves some files, or only the marker). It is
+    copied and verified before anything of the trial's own is deleted."""
     from .checkpoint import CHECKPOINT_PREFIX, COMPLETE_MARKER, verify_checkpoint
 
     staging = folder.parent / ".adopting"
@@ -315,7 +308,6 @@ def _adopt(checkpoint: Any, folder: Path) -> bool:
         shutil.rmtree(staging, ignore_errors=True)
         return False
     shutil.rmtree(folder, ignore_errors=True)
-    (folder.parent / "config.yaml").unlink(missing_ok=True)
     staging.rename(folder)
     return True
 
