@@ -93,9 +93,9 @@ def cmd_lr_schedule(args: argparse.Namespace) -> int:
 def _write_new(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise UserError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from .run_folder import write_atomic
+
+    write_atomic(path, text.encode())
 
 
 def _plot(rows: list[tuple[int, float, float]], title: str, path: Path) -> None:
