@@ -496,6 +496,8 @@ def test_batch_augment_cuda_matches_cpu_with_a_cpu_generator():
 
 def test_math_sanity_of_reflect_index():
     # Reflect padding without edge repetition: -1 -> 1, n -> n - 2.
-    idx = A._reflect_index(torch.tensor([-2, -1, 0, 5, 6, 7]), 6)
+    from timm_tricks.batch_augment import _reflect_index
+
+    idx = _reflect_index(torch.tensor([-2, -1, 0, 5, 6, 7]), 6)
     assert idx.tolist() == [2, 1, 0, 5, 4, 3]
     assert math.isclose(A.BOT_STD[0] / 255, 0.2289921568627451)

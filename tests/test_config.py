@@ -124,8 +124,8 @@ def test_every_recipe_builds_its_model_and_optimizer(name):
     import timm
     import torch
 
-    from timm_tricks.optim import create_optimizer
-    from timm_tricks.schedule import TricksScheduler, schedule_from_config
+    from timm_tricks.build import optimizer_from_config, schedule_from_config
+    from timm_tricks.schedule import TricksScheduler
 
     cfg = load_config(name)
     kwargs = cfg.model_kwargs(num_classes=7)
@@ -133,7 +133,7 @@ def test_every_recipe_builds_its_model_and_optimizer(name):
     assert model.num_classes == 7
     if cfg.model.drop_rate is not None:
         assert model.drop_rate == cfg.model.drop_rate
-    optimizer = create_optimizer(model, cfg)
+    optimizer = optimizer_from_config(model, cfg)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == n_params
     scheduler = TricksScheduler(optimizer, schedule_from_config(cfg, steps_per_epoch=3))

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from timm_tricks.config import ConfigError, load_config
-from timm_tricks.optim import classify_parameters, create_optimizer, param_groups, scale_lr
-from timm_tricks.schedule import TricksScheduler, schedule_from_config
+from timm_tricks.build import optimizer_from_config, schedule_from_config
+from timm_tricks.config import ConfigError, load_config, scale_lr
+from timm_tricks.optim import classify_parameters, param_groups
+from timm_tricks.schedule import TricksScheduler
 
 
 class Tiny(nn.Module):
@@ -69,7 +70,7 @@ def test_every_trainable_parameter_in_exactly_one_group():
 def test_create_optimizer_from_recipe_and_weight_decay_effect():
     cfg = load_config("bag_of_tricks_efficient")
     model = Tiny()
-    opt = create_optimizer(model, cfg)
+    opt = optimizer_from_config(model, cfg)
     assert isinstance(opt, torch.optim.SGD)
     assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)
     assert all(g["lr"] == pytest.approx(0.4) for g in opt.param_groups)
@@ -88,7 +89,7 @@ def test_create_optimizer_from_recipe_and_weight_decay_effect():
 
 def test_scheduler_applies_lr_scale_to_bn_bias_group():
     cfg = load_config("myrtle_resnet9", ["model.name=resnet18d_tricks", "model.kwargs={}"])
-    opt = create_optimizer(Tiny(), cfg)
+    opt = optimizer_from_config(Tiny(), cfg)
     sched = TricksScheduler(opt, schedule_from_config(cfg, steps_per_epoch=10))
     sched.step_update(20)  # epoch 2: the peak
     lrs = sorted(g["lr"] for g in opt.param_groups)

@@ -29,7 +29,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import timm_tricks.models  # noqa: F401  (registers the *_tricks models)
 from timm_tricks.augment import bot_eval_transform, bot_train_transform
-from timm_tricks.batches import build_batches
+from timm_tricks.build import build_batches
 from timm_tricks.config import ConfigError, list_recipes, load_config
 from timm_tricks.data import parse_source
 from timm_tricks.ladder import load_ladder

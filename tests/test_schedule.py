@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from timm_tricks.build import schedule_from_config
 from timm_tricks.config import load_config
-from timm_tricks.schedule import LRSchedule, TricksScheduler, schedule_from_config
+from timm_tricks.schedule import LRSchedule, TricksScheduler
 
 
 def test_warmup_is_i_eta_over_m():

@@ -228,3 +228,19 @@ def test_skipped_optimizer_steps_do_not_advance_the_schedule(tmp_path, monkeypat
     assert trainer.state.global_step == 11 and trainer.state.num_updates == 8
     expected = trainer.schedule.factor(8) * cfg.scaled_lr()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_lr_schedule_prints_the_lr_the_trainer_uses_at_every_step(tmp_path, capsys):
+    # digits: 1438 training images in batches of 64 give 22 full steps an epoch (the trainer drops the ragged tail)
+    from timm_tricks.cli import main
+
+    overrides = ["model.name=resnet18d_tricks", "data.image_size=16", "train.epochs=2", "schedule.warmup_epochs=1"]
+    assert main(["lr-schedule", "--recipe", "digits", *_set(overrides)]) == 0
+    printed = [float(r[2]) for r in csv.reader(capsys.readouterr().out.splitlines()[1:])]
+    used = []
+    trainer = Trainer(load_config("digits", overrides), tmp_path / "run",
+                      step_callback=lambda state: used.append(trainer.optimizer.param_groups[0]["lr"]))
+    used.insert(0, trainer.optimizer.param_groups[0]["lr"])  # step 0's lr, set before the first step
+    trainer.fit()
+    assert trainer.steps_per_epoch == 22 and len(printed) == 44
+    assert used[:-1] == pytest.approx(printed, rel=1e-9, abs=0)  # printed to 10 significant digits

@@ -1,5 +1,6 @@
 """Batch sources of the trainer: an in-memory data set augmented by the batch on the device, or a file data set
 through DataLoader workers. Both shard and order their samples with :class:`Shard`.
+:func:`timm_tricks.build.build_batches` makes the one a config asks for.
 
 Epoch ``e`` visits a permutation seeded by ``(seed, e)``; process ``r`` of ``w`` takes positions ``r, r+w, ...``
 and drops the ragged tail, so every process runs the same number of steps and a resumed epoch (from step ``k``)
@@ -8,15 +9,14 @@ visits exactly the samples the uninterrupted one would have.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .config import Config, ConfigError
-from .data import Source, TensorData, folder_datasets, load_tensor_data, normalize, timm_datasets
+from .data import TensorData, normalize
+from .errors import ConfigError
 from .seeding import generator, seed_everything, step_seed
 
 
@@ -55,13 +55,11 @@ class TensorBatches:
     """Batches of an in-memory data set, augmented on the device for the whole batch (Page, "How to train your
     ResNet 8: Bag of tricks", Myrtle.ai 2019, "Preprocessing on the GPU")."""
 
-    def __init__(self, data: TensorData, cfg: Config, shard: Shard, device: torch.device) -> None:
-        from .augment import BatchAugment
-
-        self.data, self.shard, self.device, self.seed = data.to(device), shard, device, cfg.train.seed
-        a = cfg.augment
-        self.augment = BatchAugment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout or None) \
-            if a.train == "batched" else None
+    def __init__(self, data: TensorData, shard: Shard, device: torch.device, augment: Any = None) -> None:
+        """``augment(images, generator=...)`` (:class:`timm_tricks.augment.BatchAugment`) transforms each training
+        batch, its draws seeded by ``(seed, epoch, step, process)``; None for none."""
+        self.data, self.shard, self.device, self.seed = data.to(device), shard, device, shard.seed
+        self.augment = augment
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, data.num_classes
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,10 +96,10 @@ class SeededDataset(torch.utils.data.Dataset):
 class FileBatches:
     """Batches of a file data set through DataLoader workers."""
 
-    def __init__(self, train: Any, val: Any, num_classes: int, cfg: Config, shard: Shard,
-                 device: torch.device) -> None:
-        self.train, self.val = SeededDataset(train, cfg.train.seed), val
-        self.shard, self.device, self.workers = shard, device, cfg.data.workers
+    def __init__(self, train: Any, val: Any, num_classes: int, shard: Shard, device: torch.device,
+                 workers: int = 0) -> None:
+        self.train, self.val = SeededDataset(train, shard.seed), val
+        self.shard, self.device, self.workers = shard, device, workers
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
 
     def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
@@ -120,31 +118,3 @@ class FileBatches:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
-
-
-def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.device,
-                  download: bool = False) -> TensorBatches | FileBatches:
-    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files.
-
-    ``shard_of(size)`` gives the :class:`Shard` of a training set of ``size`` samples for this process.
-    """
-    if source.in_memory:
-        data = load_tensor_data(source, image_size=cfg.data.image_size, download=download, seed=cfg.train.seed)
-        if cfg.augment.mean is not None and cfg.augment.std is not None:  # the recipe's statistics win
-            data = dataclasses.replace(data, mean=tuple(cfg.augment.mean), std=tuple(cfg.augment.std))
-        return TensorBatches(data, cfg, shard_of(len(data.train_labels)), device)
-    from .augment import bot_eval_transform, bot_train_transform
-
-    a, size = cfg.augment, cfg.data.image_size
-    norm = dict(mean=a.mean, std=a.std)
-    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
-        bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
-    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
-    if source.kind == "folder":
-        train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
-    else:
-        train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download)
-        n = n or cfg.model.num_classes
-        if n is None:
-            raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
-    return FileBatches(train, val, n, cfg, shard_of(len(train)), device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +60,7 @@ def flag_updates(args: argparse.Namespace) -> dict:
 
 
 def cmd_lr_schedule(args: argparse.Namespace) -> int:
+    from .build import schedule_from_config, steps_per_epoch
     from .schedule import lr_table
 
     cfg = load_config(args.recipe, args.set, flag_updates(args))
@@ -71,10 +71,11 @@ def cmd_lr_schedule(args: argparse.Namespace) -> int:
         if size is None:
             raise UserError(f"cannot tell the training-set size of data.source={cfg.data.source!r}; "
                             "pass --steps-per-epoch or --train-size")
-        steps = math.ceil(size / cfg.global_batch_size())
+        steps = steps_per_epoch(cfg, size)  # what the trainer takes: full batches only
     if steps < 1:
         raise UserError(f"--steps-per-epoch must be >= 1, got {steps}")
-    rows = lr_table(cfg, steps)
+    peak = cfg.scaled_lr()
+    rows = lr_table(schedule_from_config(cfg, steps, peak), peak)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["step", "epoch", "lr"])

@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import FileBatches, Shard, TensorBatches, build_batches
-from .config import Config, ConfigError
+from .batches import FileBatches, TensorBatches
+from .build import build_batches, shard_of
+from .config import Config
 from .data import parse_source
+from .errors import ConfigError
 from .tta import flip_tta
 
 
 def shard_for(cfg: Config, accelerator: Any) -> Any:
     """``size -> Shard`` of this process of ``accelerator``, at the config's per-device batch."""
-    batch = cfg.per_device_batch_size(accelerator.num_processes)
-    return lambda size: Shard(size, batch, accelerator.process_index, accelerator.num_processes, cfg.train.seed)
+    return shard_of(cfg, accelerator.process_index, accelerator.num_processes)
 
 
 @torch.no_grad()

@@ -159,7 +159,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], step_callback: StepC
     from ray import tune
 
     from .asha import RAMP_KEY
-    from .schedule import schedule_from_config
+    from .build import schedule_from_config
     from .train import Trainer
 
     config = dict(config)

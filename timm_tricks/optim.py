@@ -1,8 +1,9 @@
 """Optimizer factory: parameter groups for no bias decay and the BN-bias multipliers, and the linear scaling rule.
 
 The optimizer itself comes from :func:`timm.optim.create_optimizer_v2`; this module only decides the parameter
-groups and the learning rate. :func:`scale_lr` is defined in :mod:`timm_tricks.config` (which derives the scaled
-peak without torch) and re-exported here.
+groups. It takes plain arguments; :func:`timm_tricks.build.optimizer_from_config` reads them from a config.
+The linear scaling rule, :func:`timm_tricks.config.scale_lr`, lives with the config (which derives the scaled peak
+without torch).
 
 Sources:
     * Linear scaling (Goyal et al. 2017; He et al., "Bag of Tricks", CVPR 2019, Sec. 3.1): lr = 0.1 x b / 256.
@@ -14,16 +15,11 @@ Sources:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
-
-from .config import scale_lr as scale_lr  # re-exported: the linear scaling rule lives with the config
-
-if TYPE_CHECKING:
-    from .config import Config
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -87,17 +83,15 @@ def param_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool = Fa
     return list(groups.values())
 
 
-def create_optimizer(model: nn.Module, cfg: Config, num_processes: int = 1) -> torch.optim.Optimizer:
-    """The optimizer of a config: timm's factory over :func:`param_groups`, at the linearly scaled lr.
+def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                     no_bias_decay: bool = False, bn_bias_lr_mult: float = 1.0,
+                     bn_bias_wd_mult: float = 1.0) -> torch.optim.Optimizer:
+    """timm's optimizer ``name`` (``sgd``, ``nesterov``, ``adamw``, ...: :func:`timm.optim.create_optimizer_v2`) over
+    :func:`param_groups`, at peak learning rate ``lr`` (already linearly scaled: :func:`timm_tricks.config.scale_lr`).
 
-    Args:
-        model: The network.
-        cfg: The resolved config (``optim`` section).
-        num_processes: Processes in the run (the global batch, and so the scaled lr, depend on it).
+    :func:`timm_tricks.build.optimizer_from_config` reads these from a config's ``optim`` section.
     """
-    o = cfg.optim
-    groups = param_groups(model, o.weight_decay, o.no_bias_decay, o.bn_bias_lr_mult, o.bn_bias_wd_mult)
+    groups = param_groups(model, weight_decay, no_bias_decay, bn_bias_lr_mult, bn_bias_wd_mult)
     for g in groups:
         g.pop("names")
-    return create_optimizer_v2(groups, opt=o.name, lr=cfg.scaled_lr(num_processes), weight_decay=o.weight_decay,
-                               momentum=o.momentum)
+    return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -15,6 +15,8 @@ Sources:
     * Linear to a floor: Mapillary inplace_abn ImageNet recipe, lr decreased linearly per step.
     * Piecewise linear: Page, "How to train your ResNet" (Myrtle.ai 2018), with the knots rescaled in proportion
       to the epoch budget.
+
+The module takes plain arguments; :func:`timm_tricks.build.schedule_from_config` builds a config's schedule.
 """
 
 from __future__ import annotations
@@ -22,15 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from timm.scheduler.scheduler import Scheduler
 
 from .choices import SCHEDULES
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 @dataclass(frozen=True)
@@ -153,40 +151,13 @@ class TricksScheduler(Scheduler):
         return [base * f for base in self.base_values]
 
 
-def schedule_from_config(cfg: Config, steps_per_epoch: int, num_processes: int = 1) -> LRSchedule:
-    """The :class:`LRSchedule` of a config's ``schedule`` section for a run of ``train.epochs`` epochs.
-
-    ``schedule.min_lr`` is absolute, so it becomes a fraction of the linearly scaled peak. With
-    ``schedule.rescale_epochs`` the warmup and the piecewise knots, written for ``reference_epochs``, are
-    stretched in proportion to ``train.epochs`` (Myrtle's rule when the epoch budget changes).
-    """
-    s, epochs = cfg.schedule, cfg.train.epochs
-    stretch = epochs / s.reference_epochs if s.rescale_epochs and s.reference_epochs else 1.0
-    peak = cfg.scaled_lr(num_processes)
-    return LRSchedule(
-        name=s.name,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        warmup_epochs=s.warmup_epochs * stretch,
-        milestones=tuple(s.milestones),
-        gamma=s.gamma,
-        decay_rate=s.decay_rate,
-        decay_every=s.decay_every,
-        min_factor=min(1.0, s.min_lr / peak),
-        knots=tuple((k[0] * stretch, k[1]) for k in s.knots),
-    )
-
-
-def lr_table(cfg: Config, steps_per_epoch: int) -> list[tuple[int, float, float]]:
-    """``(step, epoch, lr)`` for every step of ``cfg``'s run, read off a real optimizer driven by the scheduler.
-
-    The lr is that of parameter groups with multiplier 1, after linear scaling (one process).
-    """
-    schedule = schedule_from_config(cfg, steps_per_epoch)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.scaled_lr())
+def lr_table(schedule: LRSchedule, peak_lr: float) -> list[tuple[int, float, float]]:
+    """``(step, epoch, lr)`` for every step of ``schedule`` at ``peak_lr``, read off a real optimizer driven by
+    :class:`TricksScheduler` (the lr of parameter groups with multiplier 1)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
     scheduler = TricksScheduler(optimizer, schedule)
     rows = []
     for step in range(schedule.total_steps):
-        rows.append((step, step / steps_per_epoch, optimizer.param_groups[0]["lr"]))
+        rows.append((step, step / schedule.steps_per_epoch, optimizer.param_groups[0]["lr"]))
         scheduler.step_update(step + 1)
     return rows

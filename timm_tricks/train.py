@@ -11,8 +11,9 @@ draws exactly what the uninterrupted run drew; the checkpoint (:mod:`timm_tricks
 EMA, loss scaler and step counters, as safetensors and JSON) holds the rest. Checkpoints are written to a
 temporary folder and renamed into place, so a run killed mid-write never replaces the last good one.
 
-The parts: batch sources in :mod:`timm_tricks.batches`, evaluation in :mod:`timm_tricks.evaluate`, checkpoint
-files in :mod:`timm_tricks.checkpoint`.
+The parts: the model, optimizer, schedule, loss and batch source come from :mod:`timm_tricks.build`; evaluation
+is :mod:`timm_tricks.evaluate`, checkpoint files :mod:`timm_tricks.checkpoint`, the run folder
+:mod:`timm_tricks.run_folder`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 import shutil
 import sys
 import time
@@ -29,11 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
-from .batches import build_batches
+from .build import (
+    build_batches,
+    build_ema,
+    build_model,
+    build_teacher,
+    loss_from_config,
+    optimizer_from_config,
+    schedule_from_config,
+)
 from .checkpoint import (
     CHECKPOINT_PREFIX,
     CheckpointError,
@@ -48,17 +55,13 @@ from .config import Config
 from .data import parse_source
 from .errors import ConfigError, DataError, TrainingError
 from .evaluate import evaluate_model, shard_for
-from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .mixup import create_mixup, set_mixup_epoch
-from .optim import create_optimizer
 from .run_folder import RunFolder, write_atomic
-from .schedule import TricksScheduler, schedule_from_config
+from .schedule import TricksScheduler
 from .schema import flatten
 from .seeding import seed_everything, step_seed
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
-
-
 
 
 def cpu_only_distributed() -> bool:
@@ -104,8 +107,6 @@ class Trainer:
         step_callback: Called on every process after each optimizer step (after that step's checkpoint, if any)
             as ``step_callback(state)``, ``state`` the run's :class:`TrainState`.
         accelerator: An ``accelerate.Accelerator`` to use (default: one built from the config).
-        step_callback: Called on every process after each optimizer step (and its checkpoint, if one is due) as
-            ``step_callback(state)`` with the :class:`TrainState`; the resume tests kill the process from it.
     """
 
     def __init__(self, cfg: Config, output_dir: str | Path, resume: bool = False, download: bool = False,
@@ -143,6 +144,7 @@ class Trainer:
         self.device = acc.device
         self.world, self.rank = acc.num_processes, acc.process_index
         self.per_device_batch = cfg.per_device_batch_size(self.world)
+        self.peak_lr = cfg.scaled_lr(self.world)  # the one peak: optimizer, schedule and logs
         self.source = parse_source(cfg.data.source)
         self.batches = build_batches(cfg, self.source, shard_for(cfg, acc), self.device, download)
         self.num_classes = cfg.model.num_classes or self.batches.num_classes
@@ -151,13 +153,10 @@ class Trainer:
         self.steps_per_epoch = self.batches.steps_per_epoch // cfg.train.grad_accum_steps
         if self.steps_per_epoch < 1:
             raise ConfigError("fewer batches per epoch than train.grad_accum_steps; lower data.batch_size")
-        self.schedule = schedule_from_config(cfg, self.steps_per_epoch, self.world)
+        self.schedule = schedule_from_config(cfg, self.steps_per_epoch, self.peak_lr)
         self.scheduler = TricksScheduler(self.optimizer, self.schedule)
         self.mixup = create_mixup(cfg.mixup.alpha, self.num_classes)
-        base_loss = LabelSmoothingCrossEntropy(self.num_classes, cfg.loss.label_smoothing, cfg.loss.smoothing_form) \
-            if self.num_classes > 1 else nn.CrossEntropyLoss()
-        self.criterion = DistillationLoss(base_loss, cfg.distill.temperature, cfg.distill.weight) \
-            if self.teacher is not None else base_loss
+        self.criterion = loss_from_config(cfg, self.num_classes, distill=self.teacher is not None)
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
@@ -179,44 +178,21 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        seed_everything(cfg.train.seed)  # the same initial weights on every process
-        try:
-            model = timm.create_model(cfg.model.name, **cfg.model_kwargs(self.num_classes))
-        except TypeError as e:
-            raise ConfigError(f"model {cfg.model.name!r} does not take one of its options: {e}") from None
-        except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:  # weights_only=True
-            raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        model = build_model(cfg, self.num_classes)
         if cfg.train.sync_bn and self.world > 1:
             from .sync_bn import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model, self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.ema = None
-        if cfg.ema.enabled:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(model, decay=cfg.ema.decay, device=self.device)
-        optimizer = create_optimizer(model, cfg, self.world)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema = build_ema(cfg, model, self.device)
+        self.model, self.optimizer = acc.prepare(model, optimizer_from_config(model, cfg, self.peak_lr))
         if cfg.train.compile:
             self.model = torch.compile(self.model)
-        self.teacher = None
-        if cfg.distill.teacher:
-            if not cfg.distill.checkpoint:
-                raise ConfigError("distill.teacher needs distill.checkpoint (the teacher's weights file)")
-            if not Path(cfg.distill.checkpoint).is_file():
-                raise ConfigError(f"distill.checkpoint {cfg.distill.checkpoint!r} does not exist")
-            try:  # timm loads weight files with torch's weights_only=True: a pickle payload is refused, unrun
-                teacher = timm.create_model(cfg.distill.teacher, num_classes=self.num_classes,
-                                            checkpoint_path=cfg.distill.checkpoint)
-            except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as e:
-                raise ConfigError(f"cannot load the teacher's weights {cfg.distill.checkpoint!r}: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-            if cfg.train.channels_last:
-                teacher = teacher.to(memory_format=torch.channels_last)
-            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        teacher = build_teacher(cfg, self.num_classes)
+        if teacher is not None and cfg.train.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        self.teacher = teacher.to(self.device) if teacher is not None else None
 
     # -- one step ---------------------------------------------------------------------------------------------------
 
@@ -406,7 +382,7 @@ class Trainer:
             if self.ema is not None:
                 ema = self.evaluate(self.ema.module)
                 metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "eval_count"})
-            metrics["lr"] = self.schedule.factor(max(st.num_updates - 1, 0)) * cfg.scaled_lr(self.world)
+            metrics["lr"] = self.schedule.factor(max(st.num_updates - 1, 0)) * self.peak_lr
             metrics["seconds"] = time.perf_counter() - t0
             st.epoch, st.step_in_epoch = epoch + 1, 0
             improved = metrics["eval_top1"] > st.best_top1

@@ -1,0 +1,154 @@
+"""From a :class:`~timm_tricks.config.Config` to the parts of a run: the one layer that reads a config.
+
+The trick modules below it take plain arguments (:mod:`timm_tricks.optim`, :mod:`timm_tricks.schedule`,
+:mod:`timm_tricks.losses`, :mod:`timm_tricks.mixup`, :mod:`timm_tricks.batches`); the trainer, ``timm-tricks eval``
+and ``timm-tricks lr-schedule`` build what they need here. The peak learning rate is worked out once by the caller
+(``cfg.scaled_lr(processes)``: the linear scaling rule on the global batch, He et al., "Bag of Tricks", CVPR 2019,
+Sec. 3.1) and that one number goes to the optimizer, the schedule and the logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from .batches import FileBatches, Shard, TensorBatches
+from .config import Config
+from .data import Source, folder_datasets, load_tensor_data, timm_datasets
+from .errors import ConfigError
+from .losses import DistillationLoss, LabelSmoothingCrossEntropy
+from .optim import create_optimizer
+from .schedule import LRSchedule
+from .seeding import seed_everything
+
+_LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError)  # timm loads weights_only=True
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """``timm.create_model`` of ``cfg.model`` with ``num_classes`` outputs, its weights seeded by ``train.seed``
+    (the same initial weights on every process)."""
+    seed_everything(cfg.train.seed)
+    try:
+        return timm.create_model(cfg.model.name, **cfg.model_kwargs(num_classes))
+    except TypeError as e:
+        raise ConfigError(f"model {cfg.model.name!r} does not take one of its options: {e}") from None
+    except _LOAD_ERRORS as e:
+        raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {_first_line(e)}") from None
+
+
+def build_teacher(cfg: Config, num_classes: int) -> nn.Module | None:
+    """The distillation teacher of ``cfg.distill`` with its weights, frozen in eval mode; None without one.
+
+    Its weights come from ``distill.checkpoint`` through timm's loader (torch's ``weights_only=True``: a pickle
+    payload is refused, never run)."""
+    d = cfg.distill
+    if not d.teacher:
+        return None
+    if not d.checkpoint:
+        raise ConfigError("distill.teacher needs distill.checkpoint (the teacher's weights file)")
+    if not Path(d.checkpoint).is_file():
+        raise ConfigError(f"distill.checkpoint {d.checkpoint!r} does not exist")
+    try:
+        teacher = timm.create_model(d.teacher, num_classes=num_classes, checkpoint_path=d.checkpoint)
+    except _LOAD_ERRORS as e:
+        raise ConfigError(f"cannot load the teacher's weights {d.checkpoint!r}: {_first_line(e)}") from None
+    return teacher.eval().requires_grad_(False)
+
+
+def build_ema(cfg: Config, model: nn.Module, device: torch.device) -> Any:
+    """timm's ``ModelEmaV3`` of ``model`` at ``ema.decay``, or None when ``ema.enabled`` is off."""
+    if not cfg.ema.enabled:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema.decay, device=device)
+
+
+def optimizer_from_config(model: nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optim`` over ``model``'s parameter groups at peak ``lr`` (default: the linearly
+    scaled peak of one process, ``cfg.scaled_lr()``)."""
+    o = cfg.optim
+    return create_optimizer(model, o.name, cfg.scaled_lr() if lr is None else lr, o.weight_decay,
+                            momentum=o.momentum, no_bias_decay=o.no_bias_decay, bn_bias_lr_mult=o.bn_bias_lr_mult,
+                            bn_bias_wd_mult=o.bn_bias_wd_mult)
+
+
+def schedule_from_config(cfg: Config, steps_per_epoch: int, peak_lr: float | None = None) -> LRSchedule:
+    """The :class:`~timm_tricks.schedule.LRSchedule` of ``cfg.schedule`` for ``train.epochs`` epochs.
+
+    ``schedule.min_lr`` is absolute, so it becomes a fraction of ``peak_lr`` (default: ``cfg.scaled_lr()``, the
+    peak of one process). With ``schedule.rescale_epochs`` the warmup and the piecewise knots, written for
+    ``reference_epochs``, are stretched in proportion to ``train.epochs`` (Myrtle's rule when the epoch budget
+    changes).
+    """
+    s, epochs = cfg.schedule, cfg.train.epochs
+    stretch = epochs / s.reference_epochs if s.rescale_epochs and s.reference_epochs else 1.0
+    peak = cfg.scaled_lr() if peak_lr is None else peak_lr
+    return LRSchedule(
+        name=s.name, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=s.warmup_epochs * stretch,
+        milestones=tuple(s.milestones), gamma=s.gamma, decay_rate=s.decay_rate, decay_every=s.decay_every,
+        min_factor=min(1.0, s.min_lr / peak), knots=tuple((k[0] * stretch, k[1]) for k in s.knots))
+
+
+def loss_from_config(cfg: Config, num_classes: int, distill: bool = False) -> nn.Module:
+    """The training loss: label smoothing (``loss``), wrapped in knowledge distillation when ``distill``."""
+    base = LabelSmoothingCrossEntropy(num_classes, cfg.loss.label_smoothing, cfg.loss.smoothing_form) \
+        if num_classes > 1 else nn.CrossEntropyLoss()
+    return DistillationLoss(base, cfg.distill.temperature, cfg.distill.weight) if distill else base
+
+
+def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.device,
+                  download: bool = False) -> TensorBatches | FileBatches:
+    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files.
+
+    ``shard_of(size)`` gives the :class:`~timm_tricks.batches.Shard` of a training set of ``size`` samples for
+    this process.
+    """
+    a, size = cfg.augment, cfg.data.image_size
+    if source.in_memory:
+        data = load_tensor_data(source, image_size=size, download=download, seed=cfg.train.seed)
+        if a.mean is not None and a.std is not None:  # the recipe's statistics win
+            data = dataclasses.replace(data, mean=tuple(a.mean), std=tuple(a.std))
+        augment = None
+        if a.train == "batched":
+            from .augment import BatchAugment
+
+            augment = BatchAugment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout or None)
+        return TensorBatches(data, shard_of(len(data.train_labels)), device, augment)
+    from .augment import bot_eval_transform, bot_train_transform
+
+    norm = dict(mean=a.mean, std=a.std)
+    train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
+        bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
+    eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
+    if source.kind == "folder":
+        train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
+    else:
+        train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download)
+        n = n or cfg.model.num_classes
+        if n is None:
+            raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
+    return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers)
+
+
+def shard_of(cfg: Config, rank: int, world: int) -> Any:
+    """``size -> Shard`` of process ``rank`` of ``world``, at the config's per-device batch."""
+    batch = cfg.per_device_batch_size(world)
+    return lambda size: Shard(size, batch, rank, world, cfg.train.seed)
+
+
+def steps_per_epoch(cfg: Config, train_size: int, world: int = 1) -> int:
+    """Optimizer steps per epoch of a run on ``train_size`` images over ``world`` processes: what the trainer
+    takes (full per-device batches, the ragged tail dropped, then ``train.grad_accum_steps`` micro-batches per
+    step)."""
+    return shard_of(cfg, 0, world)(train_size).steps_per_epoch // cfg.train.grad_accum_steps
