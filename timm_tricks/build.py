@@ -34,16 +34,48 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+#: A recipe trick under timm's name for it: timm's ResNet zero-initialises the last BN gamma of each residual branch
+#: as ``zero_init_last`` (``timm/models/resnet.py``), the trick Bag of Tricks Sec. 3.1 calls zero gamma.
+TIMM_NAMES = {"zero_gamma": "zero_init_last"}
+
+
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """``timm.create_model`` of ``cfg.model`` with ``num_classes`` outputs, its weights seeded by ``train.seed``
-    (the same initial weights on every process)."""
-    seed_everything(cfg.train.seed)
-    try:
-        return timm.create_model(cfg.model.name, **cfg.model_kwargs(num_classes))
-    except TypeError as e:
-        raise ConfigError(f"model {cfg.model.name!r} does not take one of its options: {e}") from None
-    except _LOAD_ERRORS as e:
-        raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {_first_line(e)}") from None
+    (the same initial weights on every process).
+
+    A recipe trick the model does not take under the recipe's name goes by timm's name where timm has one
+    (:data:`TIMM_NAMES`: ``zero_gamma`` -> ``zero_init_last``); otherwise it is one line naming the key.
+    """
+    kwargs = cfg.model_kwargs(num_classes)
+    while True:
+        seed_everything(cfg.train.seed)
+        try:
+            return timm.create_model(cfg.model.name, **kwargs)
+        except TypeError as e:
+            key = _unexpected_keyword(e)
+            if key in TIMM_NAMES and TIMM_NAMES[key] not in kwargs:
+                kwargs[TIMM_NAMES[key]] = kwargs.pop(key)
+                continue
+            raise ConfigError(_refused_option(cfg, key, e)) from None
+        except _LOAD_ERRORS as e:
+            raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {_first_line(e)}") from None
+
+
+def _unexpected_keyword(e: TypeError) -> str | None:
+    """The keyword a constructor refused (``... got an unexpected keyword argument 'x'``), or None."""
+    text = str(e)
+    return text.rsplit("'", 2)[-2] if "unexpected keyword argument '" in text else None
+
+
+def _refused_option(cfg: Config, key: str | None, e: TypeError) -> str:
+    name = cfg.model.name
+    recipe_key = next((k for k, v in TIMM_NAMES.items() if v == key), key)
+    if recipe_key in ("zero_gamma", "init", "drop_rate"):
+        return (f"model {name!r} does not take model.{recipe_key} (a trick of the recipe); drop it with "
+                f"--set model.{recipe_key}=null")
+    if key in cfg.model.kwargs:
+        return f"model {name!r} does not take model.kwargs.{key}; drop it from model.kwargs"
+    return f"model {name!r} does not take one of its options: {e}"
 
 
 def build_teacher(cfg: Config, num_classes: int) -> nn.Module | None:
