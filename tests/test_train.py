@@ -244,3 +244,17 @@ def test_lr_schedule_prints_the_lr_the_trainer_uses_at_every_step(tmp_path, caps
     trainer.fit()
     assert trainer.steps_per_epoch == 22 and len(printed) == 44
     assert used[:-1] == pytest.approx(printed, rel=1e-9, abs=0)  # printed to 10 significant digits
+
+
+def test_an_own_accelerator_that_accumulates_otherwise_is_refused_in_one_line(tmp_path):
+    # It would have trained on half the images with half the updates: the Trainer counts steps by the config.
+    from accelerate import Accelerator
+
+    from timm_tricks.errors import ConfigError
+
+    cfg = load_config("digits", ["train.grad_accum_steps=2"])
+    with pytest.raises(ConfigError) as e:
+        Trainer(cfg, tmp_path / "run", accelerator=Accelerator(gradient_accumulation_steps=1))
+    assert str(e.value).startswith("the given Accelerator does not match the config: train.grad_accum_steps=2 but "
+                                   "the Accelerator has 1;")
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()

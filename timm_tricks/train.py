@@ -125,6 +125,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
         )
         acc = self.accelerator
+        if accelerator is not None:
+            _check_accelerator(accelerator, cfg)
         self.folder = RunFolder(self.output_dir, resume)
         self._claim_folder()
         try:
@@ -433,6 +435,18 @@ class Trainer:
             state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
             write_atomic(self.output_dir / name, save(state))
         write_atomic(self.output_dir / "metrics.json", (json.dumps(final, indent=2) + "\n").encode())
+
+
+def _check_accelerator(acc: Any, cfg: Config) -> None:
+    """A user's own Accelerator must accumulate and cast as the config says: the Trainer counts optimizer steps,
+    and scales the learning rate, by ``train.grad_accum_steps``, and config.yaml records ``train.precision``."""
+    have = {"train.grad_accum_steps": acc.gradient_accumulation_steps, "train.precision": acc.mixed_precision}
+    want = {"train.grad_accum_steps": cfg.train.grad_accum_steps, "train.precision": cfg.train.precision}
+    wrong = [f"{k}={want[k]!r} but the Accelerator has {have[k]!r}" for k in have if have[k] != want[k]]
+    if wrong:
+        raise ConfigError(f"the given Accelerator does not match the config: {'; '.join(wrong)}; build it with "
+                          "Accelerator(mixed_precision=cfg.train.precision, "
+                          "gradient_accumulation_steps=cfg.train.grad_accum_steps) or --set the keys to match")
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:
