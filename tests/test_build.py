@@ -39,3 +39,69 @@ def test_a_trick_the_model_cannot_take_is_one_line_and_exit_2(tmp_path, capsys, 
     assert main(argv + [a for o in overrides for a in ("--set", o)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"timm-tricks: error: {message}"]
     assert not (tmp_path / "run").exists()  # the failed start leaves no folder behind
+
+
+def _pretrained_cfg(name):
+    import timm
+
+    return timm.create_model(name, pretrained=False).pretrained_cfg  # the model's own, a second way to read it
+
+
+def test_pretrained_weights_bring_their_input_statistics():
+    from timm_tricks.build import with_pretrained_transforms
+
+    cfg = with_pretrained_transforms(load_config("digits", ["model.name=resnet18", "model.pretrained=true",
+                                                            "data.image_size=224"]))
+    timm_cfg = _pretrained_cfg("resnet18")  # mean (0.485, 0.456, 0.406), bicubic, crop_pct 0.95
+    assert (cfg.augment.mean, cfg.augment.std) == (list(timm_cfg["mean"]), list(timm_cfg["std"]))
+    assert cfg.augment.interpolation == timm_cfg["interpolation"] == "bicubic"
+    assert cfg.augment.eval_resize == 235  # floor(224 / 0.95), timm's transforms_factory
+    untouched = load_config("digits", ["model.name=resnet18"])
+    assert with_pretrained_transforms(untouched) is untouched  # no pretrained weights: the recipe's own
+
+
+def test_a_key_the_user_sets_wins_over_the_pretrained_config():
+    from timm_tricks.build import with_pretrained_transforms
+
+    cfg = with_pretrained_transforms(load_config("digits", [
+        "model.name=vit_tiny_patch16_224", "model.pretrained=true", "augment.mean=[0.1, 0.2, 0.3]",
+        "augment.std=[0.4, 0.5, 0.6]", "augment.interpolation=nearest"]))
+    assert (cfg.augment.mean, cfg.augment.std, cfg.augment.interpolation) == \
+        ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "nearest")
+    assert cfg.augment.eval_resize == 35  # floor(32 / 0.9) at digits' 32 px: the key left open follows the model
+
+
+def test_a_run_from_a_weights_file_records_the_resolved_transforms_in_config_yaml(tmp_path):
+    import timm
+    import yaml
+    from safetensors.torch import save_file
+
+    from timm_tricks.train import Trainer
+
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", num_classes=10).state_dict(), str(weights))
+    cfg = load_config("digits", ["model.name=resnet18", "model.pretrained=true", f"model.pretrained_file={weights}",
+                                 "model.zero_gamma=null", "data.image_size=16"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["augment"]
+    assert saved["mean"] == list(_pretrained_cfg("resnet18")["mean"]) and saved["interpolation"] == "bicubic"
+    assert trainer.batches.data.mean == tuple(saved["mean"])  # the in-memory batches normalise with them
+    first = trainer.accelerator.unwrap_model(trainer.model).conv1.weight
+    assert torch.equal(first.detach().cpu(), load_file_tensor(weights, "conv1.weight"))
+
+
+def load_file_tensor(path, key):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))[key]
+
+
+def test_the_file_pipeline_resizes_with_the_configured_interpolation():
+    from torchvision.transforms import v2
+
+    from timm_tricks.augment import bot_eval_transform, bot_train_transform
+
+    resize = bot_eval_transform(32, 35, interpolation="bicubic").transforms[0]
+    crop = bot_train_transform(32, interpolation="bicubic").transforms[0]
+    assert (resize.interpolation, crop.interpolation) == (v2.InterpolationMode.BICUBIC,) * 2
+    assert bot_eval_transform(32, 35).transforms[0].interpolation == v2.InterpolationMode.BILINEAR

@@ -28,7 +28,7 @@ from .batch_augment import (
     random_crop_reflect,
     random_flip,
 )
-from .choices import COLOR_MODES
+from .choices import COLOR_MODES, INTERPOLATIONS
 from .color import (
     IMAGENET_PCA_EIGVAL,
     IMAGENET_PCA_EIGVEC,
@@ -84,6 +84,12 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _mode(interpolation: str) -> v2.InterpolationMode:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return v2.InterpolationMode(interpolation)
+
+
 def _bot_normalize(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Normalize:
     """Normalise 0-1 tensors with ``mean`` / ``std`` (0-1 scale), by default the paper's 0-255 statistics / 255."""
     if (mean is None) != (std is None):
@@ -105,6 +111,7 @@ def bot_train_transform(
     flip_p: float = 0.5,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """The Bag of Tricks training augmentation (He et al. 2019, Sec. 2.1).
 
@@ -127,6 +134,7 @@ def bot_train_transform(
         flip_p: Probability of the horizontal flip (0.5 in the paper).
         mean: Normalisation mean (R, G, B) on the 0-1 scale; None for the paper's. Give ``std`` with it.
         std: Normalisation std (R, G, B) on the 0-1 scale; None for the paper's.
+        interpolation: Resize interpolation, ``bilinear`` (torchvision's default) or a pretrained model's.
 
     Returns:
         A ``torchvision.transforms.v2.Compose`` mapping a PIL image (or uint8 ``(3, H, W)`` tensor) to a plain float32
@@ -148,7 +156,8 @@ def bot_train_transform(
     if not 0.0 <= flip_p <= 1.0:
         raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
     steps: list[Any] = [
-        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
+        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=_mode(interpolation),
+                             antialias=True),
         v2.RandomHorizontalFlip(p=flip_p),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -169,6 +178,7 @@ def bot_eval_transform(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """The Bag of Tricks validation transform (He et al. 2019, Sec. 2.1).
 
@@ -181,6 +191,7 @@ def bot_eval_transform(
         resize: Target length of the shorter side before cropping (256 in the paper); must be >= ``size``.
         mean: Normalisation mean (R, G, B) on the 0-1 scale; None for the paper's. Give ``std`` with it.
         std: Normalisation std (R, G, B) on the 0-1 scale; None for the paper's.
+        interpolation: Resize interpolation, ``bilinear`` (torchvision's default) or a pretrained model's.
 
     Returns:
         A ``torchvision.transforms.v2.Compose`` mapping a PIL image (or uint8 ``(3, H, W)`` tensor) to a plain float32
@@ -195,7 +206,7 @@ def bot_eval_transform(
     if resize < size:
         raise ValueError(f"resize must be >= size ({size}) so the centre crop fits, got {resize}")
     return v2.Compose([
-        v2.Resize(resize, antialias=True),
+        v2.Resize(resize, interpolation=_mode(interpolation), antialias=True),
         v2.CenterCrop(size),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),

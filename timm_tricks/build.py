@@ -10,6 +10,7 @@ Sec. 3.1) and that one number goes to the optimizer, the schedule and the logs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .batches import FileBatches, Shard, TensorBatches
+from .choices import INTERPOLATIONS
 from .config import Config
 from .data import Source, folder_datasets, load_tensor_data, timm_datasets
 from .errors import ConfigError
@@ -76,6 +78,33 @@ def _refused_option(cfg: Config, key: str | None, e: TypeError) -> str:
     if key in cfg.model.kwargs:
         return f"model {name!r} does not take model.kwargs.{key}; drop it from model.kwargs"
     return f"model {name!r} does not take one of its options: {e}"
+
+
+def with_pretrained_transforms(cfg: Config) -> Config:
+    """``cfg`` with the input statistics of its pretrained weights where the recipe leaves them open.
+
+    A run that starts from pretrained weights (``model.pretrained``, with or without ``pretrained_file``) feeds the
+    images the weights were trained on: ``augment.mean``/``std``, ``interpolation`` and ``eval_resize`` left at null
+    take the model's timm ``pretrained_cfg`` (mean, std, interpolation, and ``floor(image_size / crop_pct)`` as
+    timm's ``transforms_factory`` computes the eval resize). A key the recipe or the user sets wins. The trainer
+    resolves this before it writes config.yaml, so the run's config records the values it trained with.
+    """
+    m, a = cfg.model, cfg.augment
+    if not m.pretrained:
+        return cfg
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(m.name)
+    if pretrained is None:
+        return cfg
+    updates: dict[str, Any] = {}
+    if a.mean is None and a.std is None and len(pretrained.mean or ()) == 3 and len(pretrained.std or ()) == 3:
+        updates.update(mean=[float(v) for v in pretrained.mean], std=[float(v) for v in pretrained.std])
+    if a.interpolation is None and pretrained.interpolation in INTERPOLATIONS:
+        updates["interpolation"] = pretrained.interpolation
+    if a.eval_resize is None and pretrained.crop_pct:
+        updates["eval_resize"] = max(cfg.data.image_size, math.floor(cfg.data.image_size / pretrained.crop_pct))
+    return dataclasses.replace(cfg, augment=dataclasses.replace(a, **updates)) if updates else cfg
 
 
 def build_teacher(cfg: Config, num_classes: int) -> nn.Module | None:
@@ -159,7 +188,7 @@ def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.devi
         return TensorBatches(data, shard_of(len(data.train_labels)), device, augment)
     from .augment import bot_eval_transform, bot_train_transform
 
-    norm = dict(mean=a.mean, std=a.std)
+    norm = dict(mean=a.mean, std=a.std, interpolation=a.interpolation or "bilinear")
     train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
         bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
     eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)

@@ -17,6 +17,9 @@ SMOOTHING_FORMS = ("paper", "uniform")
 AUGMENT_PIPELINES = ("bot", "batched", "none")
 
 # Colour augmentation of the BoT pipeline: HSV scaling in [0.6, 1.4] (BoT Sec. 2) or GluonCV's colour jitter.
+# Resize interpolations of the file pipelines (torchvision's InterpolationMode values that timm's pretrained
+# configs name).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 COLOR_MODES = ("hsv", "jitter")
 
 # Weight initialisation of the ResNet ladder (timm_tricks.models.resnet_tricks): timm's Kaiming, or Xavier (BoT Sec. 2).

@@ -22,7 +22,15 @@ from typing import Any
 
 import yaml
 
-from .choices import AUGMENT_PIPELINES, COLOR_MODES, INIT_SCHEMES, PRECISIONS, SCHEDULES, SMOOTHING_FORMS
+from .choices import (
+    AUGMENT_PIPELINES,
+    COLOR_MODES,
+    INIT_SCHEMES,
+    INTERPOLATIONS,
+    PRECISIONS,
+    SCHEDULES,
+    SMOOTHING_FORMS,
+)
 from .errors import ConfigError as ConfigError  # re-exported: ``from timm_tricks.config import ConfigError``
 from .schema import Layer, build, dotted_keys, merge, merge_layers, option, unknown
 from .schema import parse_overrides as parse_overrides  # re-exported
@@ -66,13 +74,18 @@ class AugmentConfig:
                     doc="bot: BoT Sec. 2.1 pipeline; batched: Myrtle on-device crop/flip/cutout; none")
     color: str | None = option("hsv", choices=(*COLOR_MODES, None), doc="BoT colour scaling in [0.6, 1.4]")
     pca_std: float = option(0.1, ge=0.0, doc="PCA lighting noise std (BoT Sec. 2.1: 0.1); 0 disables")
-    mean: list[float] | None = option(None, doc="normalisation mean (R, G, B) on the 0-1 scale; null: BoT Sec. 2.1's "
-                                      "for file data, the data set's own statistics for in-memory data")
+    mean: list[float] | None = option(None, doc="normalisation mean (R, G, B) on the 0-1 scale; null: the pretrained "
+                                      "model's, else BoT Sec. 2.1's for file data and the data set's own "
+                                      "statistics for in-memory data")
     std: list[float] | None = option(None, doc="normalisation std (R, G, B) on the 0-1 scale; set together with mean")
     crop_padding: int = option(4, ge=0, doc="batched: reflect padding before the random crop")
     flip: bool = option(True, doc="random horizontal flip")
     cutout: int = option(0, ge=0, doc="batched: cutout square size; 0 disables")
-    eval_resize: int | None = option(None, ge=8, doc="evaluation: shorter side before the centre crop (256 for 224)")
+    eval_resize: int | None = option(None, ge=8, doc="evaluation: shorter side before the centre crop (256 for 224); "
+                                     "null: image_size / 0.875, or the pretrained model's crop_pct")
+    interpolation: str | None = option(None, choices=(*INTERPOLATIONS, None),
+                                       doc="resize interpolation of file data; null: bilinear, or the pretrained "
+                                           "model's")
 
 
 @dataclass

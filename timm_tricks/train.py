@@ -40,6 +40,7 @@ from .build import (
     loss_from_config,
     optimizer_from_config,
     schedule_from_config,
+    with_pretrained_transforms,
 )
 from .checkpoint import (
     CHECKPOINT_PREFIX,
@@ -115,6 +116,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
+        cfg = with_pretrained_transforms(cfg)  # before config.yaml is written: it records what the run feeds
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
         self.step_callback = step_callback
         self.accelerator = accelerator or Accelerator(
