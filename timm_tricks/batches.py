@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .data import TensorData, normalize
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .seeding import generator, seed_everything, step_seed
 
 
@@ -60,6 +60,7 @@ class TensorBatches:
         batch, its draws seeded by ``(seed, epoch, step, process)``; None for none."""
         self.data, self.shard, self.device, self.seed = data.to(device), shard, device, shard.seed
         self.augment = augment
+        self.channels = data.train_images.shape[1]
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, data.num_classes
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -100,6 +101,7 @@ class FileBatches:
                  workers: int = 0) -> None:
         self.train, self.val = SeededDataset(train, shard.seed), val
         self.shard, self.device, self.workers = shard, device, workers
+        self.channels = 3  # the folder and timm readers open every image as RGB
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
 
     def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
@@ -108,8 +110,11 @@ class FileBatches:
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
 
     def _to_device(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        try:
+            for images, labels in loader:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        except DataError as e:
+            raise DataError(worker_message(e)) from None
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.train.epoch = epoch
@@ -118,3 +123,12 @@ class FileBatches:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
+
+
+def worker_message(error: Exception) -> str:
+    """The original one-line message of an error a DataLoader worker raised: torch re-raises it in the main process
+    with the worker's whole traceback as its message ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ... timm_tricks.errors.DataError: cannot read image '...'")."""
+    last = str(error).rstrip().splitlines()[-1] if str(error).strip() else ""
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last[len(name):] if last.startswith(name) else str(error)

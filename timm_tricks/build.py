@@ -80,6 +80,15 @@ def _refused_option(cfg: Config, key: str | None, e: TypeError) -> str:
     return f"model {name!r} does not take one of its options: {e}"
 
 
+def check_input_channels(model: nn.Module, channels: int, name: str) -> None:
+    """Refuse a model whose first convolution takes another number of channels than the images have (say
+    ``model.kwargs.in_chans: 1`` on RGB data), in one line instead of a shape error at the first step."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != channels:
+        raise ConfigError(f"model {name!r} takes {first.in_channels}-channel images but the data has {channels} "
+                          "channels; check model.kwargs (in_chans)")
+
+
 def with_pretrained_transforms(cfg: Config) -> Config:
     """``cfg`` with the input statistics of its pretrained weights where the recipe leaves them open.
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .choices import SCHEDULERS, SEARCHERS, TRAIN_SET_SIZES
 from .config import list_recipes, load_config, load_recipe_dict
-from .errors import EXIT_USER_ERROR, TrainingError, UserError, exit_status
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, TrainingError, UserError, exit_status
 
 STOPPED = {"train": "training", "ablate": "ablation", "tune": "search"}  # what "timm-tricks: ... stopped" names
 
@@ -59,6 +60,10 @@ def flag_updates(args: argparse.Namespace) -> dict:
     return updates
 
 
+#: The longest table ``lr-schedule`` writes: 20 times the longest shipped run (Xception: 100 epochs of 5,004 steps).
+MAX_TABLE_STEPS = 10_000_000
+
+
 def cmd_lr_schedule(args: argparse.Namespace) -> int:
     from .build import schedule_from_config, steps_per_epoch
     from .schedule import lr_table
@@ -74,6 +79,9 @@ def cmd_lr_schedule(args: argparse.Namespace) -> int:
         steps = steps_per_epoch(cfg, size)  # what the trainer takes: full batches only
     if steps < 1:
         raise UserError(f"--steps-per-epoch must be >= 1, got {steps}")
+    if steps * cfg.train.epochs > MAX_TABLE_STEPS:
+        raise UserError(f"{steps} steps per epoch x {cfg.train.epochs} epochs is more than the {MAX_TABLE_STEPS:,} "
+                        "steps lr-schedule tabulates; check --steps-per-epoch")
     peak = cfg.scaled_lr()
     rows = lr_table(schedule_from_config(cfg, steps, peak), peak)
     buf = io.StringIO()
@@ -92,9 +100,13 @@ def cmd_lr_schedule(args: argparse.Namespace) -> int:
 
 
 def _write_new(path: Path, text: str) -> None:
+    """Write an output file the user named, never over a run's own files."""
+    from .run_folder import RUN_FILES, write_atomic
+
     if not path.parent.is_dir():
         raise UserError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    from .run_folder import write_atomic
+    if path.is_dir() or (path.exists() and (path.name in RUN_FILES or "checkpoints" in path.parts)):
+        raise UserError(f"will not write over {str(path)!r}: it belongs to a run; choose another file name")
 
     write_atomic(path, text.encode())
 
@@ -293,6 +305,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        print(f"timm-tricks: interrupted; {_after_interrupt(args, argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _after_interrupt(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
+    """What an interrupted command kept, and the command that continues it."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    again = "timm-tricks " + shlex.join(words + ([] if "--resume" in words else ["--resume"]))
+    if args.command == "train":
+        kept = any((Path(args.output) / "checkpoints").glob("ckpt-*"))
+        return f"the last checkpoint is kept; continue with: {again}" if kept else \
+            "no checkpoint was written yet; run the same command again to start over"
+    if args.command in ("tune", "ablate"):
+        return f"finished trials are kept; continue with: {again}"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class DataConfig:
     """Where the images come from and how many go in a batch."""
 
     source: str = option("digits", doc="digits, synthetic[:N], folder:PATH, cifar10[:ROOT], cifar100[:ROOT], timm:NAME")
-    image_size: int = option(224, ge=8, doc="training crop size")
+    image_size: int = option(224, ge=8, le=1024, doc="training crop size (the recipes use 32 to 331)")
     batch_size: int = option(256, ge=1, doc="global batch: per-process batch x processes x accumulation steps")
     batch_size_per_device: int | None = option(None, ge=1, doc="if set, the global batch is this x processes")
     eval_batch_size: int | None = option(None, ge=1, doc="per-process evaluation batch; null = per-process train batch")
@@ -167,7 +167,7 @@ class TrainConfig:
 
     epochs: int = option(120, ge=1)
     precision: str = option("no", choices=PRECISIONS, doc="mixed precision (BoT Sec. 3.2: FP16)")
-    seed: int = option(0, ge=0)
+    seed: int = option(0, ge=0, le=(1 << 63) - 1, doc="seeds every draw with (seed, epoch, step, process); 63 bits")
     grad_accum_steps: int = option(1, ge=1)
     clip_grad: float | None = option(None, gt=0.0)
     channels_last: bool = option(False)

@@ -163,6 +163,11 @@ def load_cifar(root: str | Path, num_classes: int = 10, download: bool = False) 
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"CIFAR file {str(path)!r} is not in the CIFAR format (a dict with 'data' and "
                             f"{label_key!r}): {type(e).__name__}: {e}") from None
+        if labels.shape != (len(data),):
+            raise DataError(f"CIFAR file {str(path)!r} holds {len(data)} images but {labels.size} labels")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise DataError(f"CIFAR file {str(path)!r} has labels from {labels.min()} to {labels.max()}; CIFAR-"
+                            f"{num_classes} labels are 0 to {num_classes - 1}")
         return torch.from_numpy(data.copy()), torch.from_numpy(labels)
 
     parts = [read(n) for n in train_files]
@@ -219,6 +224,9 @@ def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any)
     if train.classes != val.classes:
         missing = sorted(set(train.classes) ^ set(val.classes))
         raise DataError(f"folder data set {str(root)!r}: train/ and val/ have different classes ({missing[:5]})")
+    if len(train.classes) < 2:
+        raise DataError(f"folder data set {str(root)!r} has {len(train.classes)} class ({train.classes}); a "
+                        "classifier needs at least two class folders under train/ and val/")
     return train, val, len(train.classes)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 EXIT_USER_ERROR = 2  # argparse's status for a bad command line
 EXIT_STOPPED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped with Ctrl-C
 
 
 class UserError(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -125,6 +126,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override {key!r}: its value is nested too deeply to read") from None
         pairs.append((key, value))
     return nest(pairs)
 
@@ -273,6 +276,8 @@ def check(key: str, value: Any, meta: Mapping[str, Any]) -> Any:
         shown = ", ".join("null" if c is None else str(c) for c in choices)
         hint = suggest(str(value), [str(c) for c in choices if c is not None]).rstrip(".")
         raise ConfigError(f"{key}={value!r} is not a valid choice; valid: {shown}{hint}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         for name, sym, holds in _BOUNDS:
             bound = meta.get(name)

@@ -22,16 +22,20 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
-    """The mapping in YAML file ``path`` (empty for an empty file); a ConfigError names the ``what`` and the file
-    when it cannot be read, is not YAML, or holds something else than a mapping."""
+    """The mapping in YAML file ``path``; a ConfigError names the ``what`` and the file when it cannot be read, is
+    not YAML, is empty (an empty recipe would train the defaults without a word), is nested beyond what the parser
+    can follow, or holds something else than a mapping."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {str(path)!r} is nested too deeply to read") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{what} {str(path)!r} is empty; a {what} names at least its settings (or a base:)")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must be a mapping, got {type(data).__name__}")
     return data

@@ -37,6 +37,7 @@ from .build import (
     build_ema,
     build_model,
     build_teacher,
+    check_input_channels,
     loss_from_config,
     optimizer_from_config,
     schedule_from_config,
@@ -152,7 +153,11 @@ class Trainer:
         self.source = parse_source(cfg.data.source)
         self.batches = build_batches(cfg, self.source, shard_for(cfg, acc), self.device, download)
         self.num_classes = cfg.model.num_classes or self.batches.num_classes
+        if self.num_classes < (self.batches.num_classes or 0):
+            raise ConfigError(f"model.num_classes={self.num_classes} but data.source {cfg.data.source!r} has "
+                              f"{self.batches.num_classes} classes; set it to at least that, or to null")
         self._build_model()
+        check_input_channels(self.accelerator.unwrap_model(self.model), self.batches.channels, cfg.model.name)
         self.state = TrainState()
         self.steps_per_epoch = self.batches.steps_per_epoch // cfg.train.grad_accum_steps
         if self.steps_per_epoch < 1:
