@@ -1,5 +1,6 @@
-"""Batch sources of the trainer: an in-memory data set augmented by the batch on the device, or a file data set
-through DataLoader workers. Both shard and order their samples with :class:`Shard`.
+"""Batch sources of the trainer: an in-memory data set augmented by the batch on the device, a file data set
+through DataLoader workers (both shard and order their samples with :class:`Shard`), or a streamed timm data set
+sharded by timm's readers (:class:`IterableBatches`).
 :func:`timm_tricks.build.build_batches` makes the one a config asks for.
 
 Epoch ``e`` visits a permutation seeded by ``(seed, e)``; process ``r`` of ``w`` takes positions ``r, r+w, ...``
@@ -110,11 +111,8 @@ class FileBatches:
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
 
     def _to_device(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        try:
-            for images, labels in loader:
-                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-        except DataError as e:
-            raise DataError(worker_message(e)) from None
+        for images, labels in one_line_errors(loader):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.train.epoch = epoch
@@ -123,6 +121,130 @@ class FileBatches:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
+
+
+class SeededTransform:
+    """A training transform seeded per sample of a stream by ``(seed, epoch, pass, process, worker, n)``, ``n``
+    counting the samples this worker has transformed in the pass: the same augmentation whichever history the
+    process has (the stream's counterpart of :class:`SeededDataset`)."""
+
+    def __init__(self, transform: Any, seed: int, rank: int) -> None:
+        self.transform, self.seed, self.rank = transform, seed, rank
+        self.epoch = self.attempt = self.count = 0
+
+    def start(self, epoch: int, attempt: int) -> None:
+        """Begin pass ``attempt`` of ``epoch`` (DataLoader workers start from a copy made after this call)."""
+        self.epoch, self.attempt, self.count = epoch, attempt, 0
+
+    def __call__(self, img: Any) -> Any:
+        info = torch.utils.data.get_worker_info()
+        seed_everything(step_seed(self.seed, self.epoch, self.attempt, self.rank, info.id if info else 0,
+                                  self.count, 5))
+        self.count += 1
+        return self.transform(img) if self.transform is not None else img
+
+
+class IterableBatches:
+    """Batches of a streamed timm data set (``timm:wds/``, ``hfids/``, ``tfds/``: timm's ``IterableImageDataset``),
+    with the interface of :class:`FileBatches`.
+
+    Sharding is timm's own (``timm/data/readers/reader_wds.py``, ``reader_hfids.py``, ``reader_tfds.py``): global
+    worker ``rank * workers + worker`` of ``world * workers`` reads its share of the shards (``wds``: every
+    ``world * workers``-th shard; ``hfids``: ``datasets.distributed.split_dataset_by_node``), and in training each
+    worker yields a whole number of batches, passing over its shards again where they run short. The reader is
+    placed here from the :class:`Shard` (``dist_rank``, ``dist_num_replicas``, ``set_loader_cfg``), the values timm
+    reads from ``torch.distributed``, so the split holds with or without a process group. Each epoch calls timm's
+    ``set_epoch(epoch)``: the shard (``wds``) or buffer (``hfids``) shuffle is seeded by ``seed + epoch``, the same on
+    every process; the per-worker sample shuffle by the DataLoader's worker seeds, drawn from a generator seeded by
+    ``(seed, epoch, process)``; the augmentation per sample by :class:`SeededTransform`.
+
+    Steps per epoch are ``N // (batch x world)`` for the split's ``N`` samples (timm's ``num_samples``), the same
+    on every process: each takes that many full batches and drops the rest of its stream. A process whose stream
+    runs short (a worker without shards) starts another pass of its stream, seeded apart.
+
+    Resume: an epoch's stream depends only on ``(seed, epoch)`` and the layout (shards, processes, workers, batch),
+    not on the epochs before it, so a resume at an epoch boundary is exact. Mid-epoch, ``train_batches(epoch, k)``
+    reads the re-seeded epoch stream from its start and skips its first ``k`` batches (read and transformed, not
+    returned): the batches from ``k`` on are those of the uninterrupted run when the shards, the number of
+    processes, of DataLoader workers and the batch are the same; the skipped reading is the cost.
+
+    Validation: each process reads its share once, every sample counted once over all processes. For ``wds`` with
+    several processes the validation shards are split by process here (``filenames[rank::world]``) and read whole,
+    where timm would cut or repeat each worker's share to an equal count (``with_epoch``).
+    """
+
+    def __init__(self, train: Any, val: Any, num_classes: int, shard: Shard, device: torch.device,
+                 workers: int = 0) -> None:
+        self.train, self.val, self.shard, self.device, self.workers = train, val, shard, device, workers
+        self.steps_per_epoch, self.num_classes, self.seed = shard.steps_per_epoch, num_classes, shard.seed
+        self.channels = 3  # timm's readers open every image as RGB
+        self.transform = SeededTransform(train.transform, shard.seed, shard.rank)
+        train.transform = self.transform
+        _place(train.reader, shard.rank, shard.world, workers, shard.batch)
+        if shard.world > 1 and hasattr(val.reader, "split_info") and hasattr(val.reader.split_info, "filenames"):
+            import dataclasses
+
+            info = val.reader.split_info  # wds: this process's validation shards, read whole by its workers
+            val.reader.split_info = dataclasses.replace(info, filenames=info.filenames[shard.rank::shard.world])
+            _place(val.reader, 0, 1, workers, shard.batch)
+        else:
+            _place(val.reader, shard.rank, shard.world, workers, shard.batch)
+
+    def _loader(self, dataset: Any, batch_size: int, drop_last: bool, gen: torch.Generator | None = None
+                ) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=self.workers,
+                                           pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=gen)
+
+    def _pass(self, epoch: int, attempt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of this process's training stream of ``epoch``, in full batches."""
+        gen = generator(self.seed, epoch, self.shard.rank, attempt, 4)
+        reader = self.train.reader
+        self.train.set_epoch(epoch)  # timm: shard / buffer shuffle seeded by seed + epoch on every process
+        self.transform.start(epoch, attempt)
+        if self.workers == 0:  # the main process reads: rebuild its pipeline, seeded as a worker's would be
+            reader.ds = None
+            if hasattr(reader, "worker_seed"):
+                reader.worker_seed = int(torch.empty((), dtype=torch.int64).random_(generator=gen).item())
+        yield from one_line_errors(self._loader(self.train, self.shard.batch, drop_last=True, gen=gen))
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        step, attempt = 0, 0
+        while step < self.steps_per_epoch:
+            got = 0
+            for images, labels in self._pass(epoch, attempt):
+                got += 1
+                if step >= start_step:
+                    yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                step += 1
+                if step >= self.steps_per_epoch:
+                    return
+            if not got:
+                raise DataError(f"process {self.shard.rank} of {self.shard.world} got no full batch of "
+                                f"{self.shard.batch} from its share of the stream; the data set has fewer shards "
+                                "than processes x data.workers: lower data.workers or data.batch_size")
+            attempt += 1
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.workers == 0:
+            self.val.reader.ds = None
+        for images, labels in one_line_errors(self._loader(self.val, batch_size, drop_last=False)):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def _place(reader: Any, rank: int, world: int, workers: int, batch: int) -> None:
+    """Put timm's iterable reader on process ``rank`` of ``world`` with ``workers`` DataLoader workers and the
+    per-process ``batch`` (the attributes timm's readers set from ``torch.distributed`` and ``set_loader_cfg``)."""
+    reader.dist_rank, reader.dist_num_replicas, reader.batch_size = rank, world, batch
+    reader.set_loader_cfg(num_workers=workers)
+
+
+def one_line_errors(loader: Any) -> Iterator[Any]:
+    """``loader``'s batches; a :class:`DataError` a DataLoader worker raised comes out with its own one-line
+    message (:func:`worker_message`), naming the file as it does without workers."""
+    try:
+        yield from loader
+    except DataError as e:
+        raise DataError(worker_message(e)) from None
 
 
 def worker_message(error: Exception) -> str:

@@ -19,10 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from .batches import FileBatches, Shard, TensorBatches
+from .batches import FileBatches, IterableBatches, Shard, TensorBatches
 from .choices import INTERPOLATIONS
 from .config import Config
-from .data import Source, folder_datasets, load_tensor_data, timm_datasets
+from .data import Source, folder_datasets, is_iterable_timm, load_tensor_data, timm_datasets
 from .errors import ConfigError
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .optim import create_optimizer
@@ -178,11 +178,12 @@ def loss_from_config(cfg: Config, num_classes: int, distill: bool = False) -> nn
 
 
 def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.device,
-                  download: bool = False) -> TensorBatches | FileBatches:
-    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files.
+                  download: bool = False) -> TensorBatches | FileBatches | IterableBatches:
+    """The batch source of ``cfg.data.source``: in memory for small data sets, DataLoader workers for files, timm's
+    own sharding for its streamed sources (``timm:hfids/``, ``wds/``, ``tfds/``: :class:`IterableBatches`).
 
     ``shard_of(size)`` gives the :class:`~timm_tricks.batches.Shard` of a training set of ``size`` samples for
-    this process.
+    this process (for a stream, ``size`` is the split's sample count that timm's reader knows).
     """
     a, size = cfg.augment, cfg.data.image_size
     if source.in_memory:
@@ -203,11 +204,13 @@ def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.devi
     eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
     if source.kind == "folder":
         train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
-    else:
-        train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download)
-        n = n or cfg.model.num_classes
-        if n is None:
-            raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
+        return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers)
+    train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download, seed=cfg.train.seed)
+    n = n or cfg.model.num_classes
+    if n is None:
+        raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
+    if is_iterable_timm(source.arg):
+        return IterableBatches(train, val, n, shard_of(train.reader.num_samples), device, cfg.data.workers)
     return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers)
 
 

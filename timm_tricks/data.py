@@ -4,7 +4,8 @@
 Small data sets (digits, synthetic, CIFAR) load once into memory as uint8 ``NCHW`` tensors, so the trainer can
 move them to its device and augment whole batches there (Page, "How to train your ResNet", Myrtle.ai 2018).
 File data sets (an ImageNet-layout folder, or anything timm's ``create_dataset`` reads) stay on disk and go
-through DataLoader workers with per-image transforms.
+through DataLoader workers with per-image transforms; timm's streamed sources (``timm:hfids/``, ``wds/``, ``tfds/``)
+are read in order by :class:`timm_tricks.batches.IterableBatches`.
 
 Every mistake a user can make (unknown kind, missing folder, missing CIFAR files without ``--download``, an
 unreadable image) raises :class:`DataError` naming the bad input.
@@ -234,17 +235,147 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def timm_datasets(arg: str, train_transform: Any, eval_transform: Any,
-                  download: bool = False) -> tuple[Any, Any, int | None]:
-    """Train and validation sets from ``timm.data.create_dataset`` for ``NAME[:ROOT]``."""
+# timm sources (``timm:NAME[:ROOT]``): how ``timm.data.create_dataset`` (timm/data/dataset_factory.py) reads NAME.
+# ``torch/X`` is a torchvision data set (map-style, classes in ``.classes``); ``hfds/X`` a Hugging Face data set read
+# by index; ``hfids/X``, ``wds/X`` and ``tfds/X`` stream through timm's ``IterableImageDataset``; any other NAME
+# (or none) is timm's own folder / tar reader.
+TIMM_ITERABLE = ("hfids", "wds", "tfds")
+
+#: The modules an optional timm source imports, with the pip package that installs each, and the timm_tricks extra
+#: that declares them (pyproject.toml): ``pip install 'timm_tricks[wds]'``.
+TIMM_PACKAGES: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
+    "hfds": ((("datasets", "datasets"),), "hfds"),
+    "hfids": ((("datasets", "datasets"),), "hfds"),
+    "wds": ((("webdataset", "webdataset"),), "wds"),
+    "tfds": ((("tensorflow", "tensorflow"), ("tensorflow_datasets", "tensorflow-datasets")), "tfds"),
+}
+
+
+def timm_prefix(name: str) -> str:
+    """The reader prefix of a timm data set name (``wds/imagenet`` -> ``wds``), lower-cased as timm's
+    ``create_dataset`` compares it; ``''`` for timm's own folder / tar reader."""
+    prefix, sep, _ = name.partition("/")
+    return prefix.lower() if sep else ""
+
+
+def is_iterable_timm(arg: str) -> bool:
+    """Whether ``timm:ARG`` streams (``hfids/``, ``wds/``, ``tfds/``): read in order, no indexing."""
+    return timm_prefix(arg.partition(":")[0]) in TIMM_ITERABLE
+
+
+def check_timm_packages(arg: str) -> None:
+    """Raise one line naming the missing package and the extra that installs it, when source ``timm:ARG`` needs a
+    package that is not installed (timm's readers import it only when the data set is opened)."""
+    import importlib
+
+    prefix = timm_prefix(arg.partition(":")[0])
+    modules, extra = TIMM_PACKAGES.get(prefix, ((), ""))
+    for module, package in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise DataError(f"data source 'timm:{arg}' needs the package {package!r}, which is not installed: "
+                            f"pip install 'timm_tricks[{extra}]'") from None
+
+
+class CifarImages(torch.utils.data.Dataset):
+    """CIFAR as torchvision's ``CIFAR10``/``CIFAR100`` give it (an RGB PIL image and an int label per index, with
+    ``classes``), from the files :func:`load_cifar` has read safely: what ``timm:torch/cifar10:ROOT`` opens.
+
+    torchvision's own CIFAR classes read the files with a plain ``pickle.load`` (torchvision/datasets/cifar.py), which
+    runs whatever a crafted file names; the project reads no data pickle unrestricted (docs/security.md).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, transform: Any = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+        self.classes = [str(i) for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
+        return (self.transform(img) if self.transform is not None else img), int(self.labels[index])
+
+
+class ToRGB:
+    """A transform that converts the PIL image to RGB first (torchvision's MNIST family gives grey ``L`` images;
+    timm's own readers convert with ``input_img_mode='RGB'``)."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Any) -> Any:
+        img = img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
+        return self.transform(img) if self.transform is not None else img
+
+
+def timm_datasets(arg: str, train_transform: Any, eval_transform: Any, download: bool = False,
+                  batch_size: int = 1, seed: int = 42) -> tuple[Any, Any, int | None]:
+    """Train and validation sets of source ``timm:NAME[:ROOT]``, as ``timm.data.create_dataset(NAME, root=ROOT,
+    split="train" / "validation")`` opens them, and the number of classes (None when the source does not say).
+
+    - ``torch/NAME``: a torchvision data set; classes from its ``.classes`` (``all_categories`` for iNaturalist).
+      ``torch/cifar10`` and ``torch/cifar100`` are read by :func:`load_cifar` (safe unpickling) into
+      :class:`CifarImages`, never by torchvision's CIFAR classes. ``torch/image_folder`` (and timm's own reader,
+      ``timm::ROOT`` or ``timm:NAME:ROOT``) take ``ROOT/train`` and ``ROOT/val`` (or ``validation``, ...; timm's
+      ``_search_split``); a ROOT without split folders is refused rather than train and validate on the same images.
+    - ``hfds/NAME``: a Hugging Face data set by index; ``hfids/``, ``wds/``, ``tfds/``: timm's
+      ``IterableImageDataset`` streams, shuffled in training from ``seed`` (timm's ``common_seed``), counted in
+      batches of ``batch_size``; :class:`timm_tricks.batches.IterableBatches` places them on the process and worker.
+      Classes from the reader's ``class_to_idx`` (empty for ``wds/`` read by ``.cls`` files: set model.num_classes).
+
+    A missing optional package (datasets, webdataset, tensorflow) is one line naming the extra that installs it.
+    """
     from timm.data import create_dataset
 
     name, _, root = arg.partition(":")
+    prefix = timm_prefix(name)
+    check_timm_packages(arg)
+    if prefix == "torch" and not root:
+        raise DataError(f"timm data set {arg!r} needs its ROOT folder: timm:{name}:ROOT")
+    kind = name.split("/", 2)[-1].lower() if prefix == "torch" else ""
+    if kind in ("cifar10", "cifar100"):
+        data = load_cifar(root, 10 if kind == "cifar10" else 100, download=download)
+        return (CifarImages(data.train_images, data.train_labels, data.num_classes, train_transform),
+                CifarImages(data.val_images, data.val_labels, data.num_classes, eval_transform), data.num_classes)
+    extra: dict[str, Any] = {}
+    if kind in ("image_folder", "folder"):
+        extra = dict(loader=checked_image_loader, is_valid_file=_is_image)
+    elif prefix in TIMM_ITERABLE:
+        extra = dict(batch_size=batch_size, seed=seed)
     try:
-        train = create_dataset(name, root=root or None, split="train", is_training=True, download=download)
-        val = create_dataset(name, root=root or None, split="validation", is_training=False, download=download)
-    except Exception as e:  # timm raises many types for a bad name or root
-        raise DataError(f"timm data set {arg!r} could not be opened: {type(e).__name__}: {e}") from None
-    train.transform, val.transform = train_transform, eval_transform
-    classes = getattr(getattr(train, "reader", None), "class_to_idx", None)
+        train = create_dataset(name, root=root or None, split="train", is_training=True, download=download, **extra)
+        val = create_dataset(name, root=root or None, split="validation", is_training=False, download=download,
+                             **extra)
+    except Exception as e:  # timm, torchvision and datasets raise many types for a bad name or root
+        raise DataError(f"timm data set {arg!r} could not be opened: {_timm_hint(prefix, e)}") from None
+    if prefix == "" or kind in ("image_folder", "folder"):
+        _check_split_folders(arg, train, val)
+    if prefix == "torch":
+        train.transform, val.transform = ToRGB(train_transform), ToRGB(eval_transform)
+        classes = getattr(train, "classes", None) or getattr(train, "all_categories", None)
+    else:
+        train.transform, val.transform = train_transform, eval_transform
+        classes = getattr(getattr(train, "reader", None), "class_to_idx", None)
     return train, val, len(classes) if classes else None
+
+
+def _timm_hint(prefix: str, e: Exception) -> str:
+    """The first line of ``e``, with what to do where the cause is known."""
+    text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if prefix == "hfids" and "length is unknown" in str(e):
+        return (f"{text} (a streamed Hugging Face data set needs its split sizes: pass --download to prepare it "
+                "into ROOT, which records them)")
+    return text
+
+
+def _check_split_folders(arg: str, train: Any, val: Any) -> None:
+    """Refuse a folder source whose train and validation sets resolve to the same folder or tar file (timm's
+    ``_search_split`` falls back to ROOT itself when it has no ``train/`` or ``val/`` folder)."""
+    roots = [getattr(getattr(ds, "reader", ds), "root", None) for ds in (train, val)]
+    if roots[0] is not None and roots[0] == roots[1]:
+        raise DataError(f"timm data set {arg!r} has no train/ and val/ folders under {str(roots[0])!r}: training and "
+                        "validation would read the same images")
