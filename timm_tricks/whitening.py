@@ -21,11 +21,13 @@ What the reference does, and this module with it:
 For every ``eps`` the whitened patches have the diagonal covariance ``diag(lambda_i / (lambda_i + eps))``: the
 identity, except in directions whose eigenvalue is not large against ``eps``.
 
-Determinism: the second moment is summed in float64 in a fixed order of images and the 27 x 27 eigenproblem is
-solved in float64 on the CPU, with each eigenvector's sign fixed (its largest component positive), so every
-process that fits from the same images gets the same filter. The trainer's hook :func:`fit_input_whitening` takes
-the same images on every process (the first images of the whole training set, not of the process's shard); DDP
-also broadcasts buffers from process 0.
+Determinism: the second moment is summed in float64 on the images' device in a fixed order of images, and the
+27 x 27 eigenproblem is solved in float64 on the CPU with each eigenvector's sign fixed (its largest component
+positive), so every process that fits from the same images gets the same filter. The trainer's hook
+:func:`fit_input_whitening` takes the same images on every process (the first images of the whole training set,
+not of the process's shard); DDP also broadcasts buffers from process 0. Where eigenvalues repeat (grey images:
+three equal channels leave 18 zero eigenvalues) the eigenvectors within them are any basis of their space, but
+the whitening itself, ``W^T W = (Sigma + eps I)^-1``, is unique.
 """
 
 from __future__ import annotations
