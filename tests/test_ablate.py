@@ -40,7 +40,7 @@ def test_shipped_ladders_plan_on_cpu_and_gpu():
             teacher.distill.teacher) == ("resnet152d_tricks", "cosine", 0.1, 0.0, None)
     myrtle = {p.rung.name: p.config for p in plan_ladder(load_ladder("myrtle_resnet9"))}
     assert myrtle["baseline"].model.kwargs["act"] == "relu" and not myrtle["baseline"].ema.enabled
-    final = myrtle["+ flip TTA"]
+    final = myrtle["+ flip TTA, no cutout"]
     assert final == load_config("myrtle_resnet9")  # the last rung is the shipped final recipe again
 
 

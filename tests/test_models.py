@@ -642,8 +642,12 @@ def test_xception_features_only():
 
 # ---------------------------------------------------------------- Myrtle ResNet-9
 
+# The network of posts 4-7 (3x3 prep conv, pool last); the defaults are post 8's final one (tests/test_myrtle_post8.py)
+POSTS_4_7 = dict(whitening=False, pool_order='conv_bn_act_pool')
+
+
 def test_resnet9_layout():
-    model = timm.create_model('resnet9_tricks')
+    model = timm.create_model('resnet9_tricks', **POSTS_4_7)
     assert model.num_classes == 10 and model.fc.out_features == 10 and model.fc.bias is None
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     assert all(m.kernel_size == (3, 3) and m.padding == (1, 1) and m.bias is None for m in convs.values())
@@ -664,6 +668,7 @@ def test_resnet9_layout():
     cfg = model.pretrained_cfg
     assert cfg['input_size'] == (3, 32, 32) and cfg['num_classes'] == 10 and cfg['crop_pct'] == 1.0
     assert cfg['mean'] == (0.4914, 0.4822, 0.4465) and cfg['std'] == (0.2470, 0.2435, 0.2616)
+    assert cfg['first_conv'] == 'prep.conv'
 
 
 @pytest.mark.parametrize('name, channels, reductions', [
@@ -684,7 +689,7 @@ def test_features_only(name, channels, reductions):
 def test_resnet9_forward_by_hand():
     """conv -> BN -> act -> pool, residual x + res2(res1(x)), global max pool, scaled bias-free linear."""
     torch.manual_seed(0)
-    model = timm.create_model('resnet9_tricks').eval()
+    model = timm.create_model('resnet9_tricks', **POSTS_4_7).eval()
     for _, bn in _bn_modules(model):
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 1.5)

@@ -75,7 +75,7 @@ def test_rescale_epochs_stretches_warmup_and_knots():
     # Myrtle: written for 10 epochs, run for 20 -> peak at epoch 4 instead of 2.
     cfg = load_config("myrtle_resnet9", ["train.epochs=20"])
     s = schedule_from_config(cfg, steps_per_epoch=10)
-    assert s.knots == ((0.0, 0.0), (4.0, 1.0), (20.0, 0.1))
+    assert s.knots == ((0.0, 0.0), (4.0, 1.0), (16.0, 0.1), (20.0, 0.1))  # cell 85's [0, 2, 8, 10] x 2
     assert s.factor(40) == pytest.approx(1.0)
     cfg = load_config("digits", ["train.epochs=30", "schedule.rescale_epochs=true", "schedule.reference_epochs=15"])
     assert schedule_from_config(cfg, 10).warmup_steps == 20  # 1 warmup epoch at 15 -> 2 at 30

@@ -5,7 +5,8 @@ pretrained cfg whose ``first_conv``, ``classifier`` and ``pool_size`` match the 
 ``forward_head`` and ``reset_classifier``, with and without global pooling; ``features_only`` and
 ``forward_intermediates`` taps that agree with ``feature_info``; gradient checkpointing; TorchScript; FX tracing
 (forward, backward, and scripted). The checks below state those requirements in this project's terms, over
-``timm.list_models('*_tricks')`` plus the ResNet-9 of the Myrtle recipe (ghost BN, CELU, frozen BN scales).
+``timm.list_models('*_tricks')`` plus the ResNet-9 of the Myrtle recipe (ghost BN, CELU, frozen BN scales) and of
+posts 4-7 (no input whitening, pool last).
 
 Inputs are small (at most 64 x 64) so that everything runs on a CPU. By default only ResNet-9 (as registered and as in
 the recipe) and a narrow Wider ResNet-38-A2 run; the other registered models take seconds each to build, trace or
@@ -31,6 +32,7 @@ CASES = [
 ] + [
     pytest.param('resnet9_tricks', dict(ghost_bn_splits=2, act='celu', bn_weight_frozen=True),
                  id='resnet9_tricks-recipe'),
+    pytest.param('resnet9_tricks', dict(whitening=False, pool_order='conv_bn_act_pool'), id='resnet9_tricks-posts4to7'),
     pytest.param('wider_resnet38_a2_tricks', TINY_WIDER, id='wider_resnet38_a2_tricks-tiny'),
 ]
 CFG_KEYS = {'url', 'num_classes', 'input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std',

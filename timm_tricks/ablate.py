@@ -148,6 +148,7 @@ def summarize(plan: list[PlannedRung], runs: list[dict[str, Any]], metric: str) 
             "delta": None if mean is None or previous is None else mean - previous,
             "seconds": statistics.fmean(times) if times else None,
             "runs": len(values), "failed": len(mine) - len(values), "paper": p.rung.paper,
+            "paper_seconds": p.rung.paper_seconds,
         })
         previous = mean if mean is not None else previous
     return rows
@@ -175,16 +176,17 @@ def write_ablation(ladder: Ladder, plan: list[PlannedRung], runs: list[dict[str,
     lines = [f"| rung | {metric} mean | std | change | time / run | runs | paper |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        paper = _num(row["paper"], ".2f") + (f" in {_time(row['paper_seconds'])}" if row["paper_seconds"] else "")
         if row["skipped"]:
-            lines.append(f"| {row['rung']} | skipped: {row['skipped']} | | | | | {_num(row['paper'], '.2f')} |")
+            lines.append(f"| {row['rung']} | skipped: {row['skipped']} | | | | | {paper} |")
             continue
         runs_text = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(f"| {row['rung']} | {_num(row['mean'], '.2f')} | {_num(row['std'], '.2f')} | "
-                     f"{_num(row['delta'], '+.2f')} | {_time(row['seconds'])} | {runs_text} | "
-                     f"{_num(row['paper'], '.2f')} |")
+                     f"{_num(row['delta'], '+.2f')} | {_time(row['seconds'])} | {runs_text} | {paper} |")
     text = [f"# Ablation {exp.name}: ladder {ladder.name}", "", ladder.description, "",
             f"{metric} after the last epoch, mean and sample standard deviation over the seeds; change against the "
-            "rung above that ran; paper: the number the source reports for that row, for orientation.", "",
+            "rung above that ran; paper: the number (and training time) the source reports for that row, for "
+            "orientation.", "",
             *lines, ""]
     (exp / "ablation.md").write_text("\n".join(text))
     _bar_chart(rows, metric, exp / "ablation.png", f"{ladder.name} ({exp.name})")

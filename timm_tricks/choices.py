@@ -39,9 +39,22 @@ TRAIN_SET_SIZES = {
     "digits": 1_438,  # 80% of scikit-learn's 1,797 digits (timm_tricks.data.load_digits)
 }
 
-# Searches and ablations (timm_tricks.tune_space, tune, ladder).
-METRICS = ("eval_top1", "eval_top5", "eval_loss", "train_loss")
+# Searches, ablations and the trainer's best checkpoint (timm_tricks.tune_space, tune, ladder, train): the metrics
+# every epoch reports; the ema_* ones are those of the EMA weights (only with ema.enabled).
+METRICS = ("eval_top1", "eval_top5", "eval_loss", "train_loss", "ema_eval_top1", "ema_eval_top5", "ema_eval_loss")
 MODES = ("max", "min")
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 SCHEDULERS = ("asha", "pbt", "fifo")
 SEARCHERS = ("optuna", "random")
+
+
+def metric_mode(metric: str) -> str:
+    """``min`` for a loss (lower is better), ``max`` for an accuracy."""
+    return "min" if metric.endswith("loss") else "max"
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet) in the metric's mode; ties do not."""
+    if best is None:
+        return True
+    return value < best if metric_mode(metric) == "min" else value > best

@@ -27,6 +27,7 @@ from .choices import (
     COLOR_MODES,
     INIT_SCHEMES,
     INTERPOLATIONS,
+    METRICS,
     PRECISIONS,
     SCHEDULES,
     SMOOTHING_FORMS,
@@ -148,10 +149,22 @@ class DistillConfig:
 
 @dataclass
 class EmaConfig:
-    """Exponential moving average of the weights (timm ModelEmaV3)."""
+    """Exponential moving average of the weights and buffers (BN statistics too): timm ModelEmaV3.
+
+    Every ``every_steps`` optimizer steps, ``ema <- decay * ema + (1 - decay) * model``: the effective decay per
+    step is ``decay ** (1 / every_steps)``. Myrtle post 8 (cifar10-fast ``update_ema(momentum=0.99,
+    update_freq=5)``, ``bag_of_tricks.ipynb`` cells 10 and 78-85) updates every 5 steps with
+    ``rho = momentum ** update_freq = 0.99 ** 5``: 0.99 per step.
+    """
 
     enabled: bool = option(False)
-    decay: float = option(0.9998, gt=0.0, lt=1.0)
+    decay: float = option(0.9998, gt=0.0, lt=1.0, doc="decay per update (every every_steps steps)")
+    every_steps: int = option(1, ge=1, doc="optimizer steps between EMA updates (Myrtle: 5)")
+
+    @property
+    def decay_per_step(self) -> float:
+        """The decay of one optimizer step that ``every_steps`` updates of ``decay`` amount to."""
+        return self.decay ** (1.0 / self.every_steps)
 
 
 @dataclass
@@ -175,6 +188,8 @@ class TrainConfig:
     sync_bn: bool = option(False)
     checkpoint_every_steps: int | None = option(None, ge=1)
     keep_checkpoints: int = option(2, ge=1)
+    best_metric: str = option("eval_top1", choices=METRICS,
+                              doc="the epoch metric that picks checkpoints/best.txt (losses: lower is better)")
 
 
 @dataclass
@@ -343,6 +358,9 @@ def _check_consistency(cfg: Config) -> None:
     if s.rescale_epochs and s.reference_epochs is None:
         raise ConfigError("schedule.rescale_epochs=true needs schedule.reference_epochs (the budget it was written "
                           "for)")
+    if cfg.train.best_metric.startswith("ema_") and not cfg.ema.enabled:
+        raise ConfigError(f"train.best_metric={cfg.train.best_metric} needs ema.enabled=true (or a metric without "
+                          "ema_)")
     if cfg.mixup.off_epochs > cfg.train.epochs:
         raise ConfigError(f"mixup.off_epochs={cfg.mixup.off_epochs} exceeds train.epochs={cfg.train.epochs}")
     if cfg.schedule.warmup_epochs > cfg.train.epochs and not s.rescale_epochs:

@@ -10,6 +10,7 @@ config keys and is added to everything above it::
     rungs:
       - name: baseline
         paper: 75.87
+        paper_seconds: 95760      # optional, the source's training time (BoT Table 3: 13.3 min x 120 epochs)
       - name: + zero gamma
         set: {model.zero_gamma: true}
       - name: + FP16
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import METRICS
+from .choices import METRICS, metric_mode
 from .config import Config, load_config
 from .errors import ConfigError
 from .schema import Layer, build, nest, option
@@ -48,6 +49,7 @@ class RungEntry:
     set: dict[str, Any] = option({}, doc="dotted config keys and the values this rung gives them")
     needs_gpu: bool = option(False, doc="left out, with its changes, when the trials have no GPU")
     paper: float | None = option(None, doc="the number the source reports for this rung")
+    paper_seconds: float | None = option(None, gt=0.0, doc="the training time the source reports, in seconds")
 
 
 @dataclass(kw_only=True)
@@ -73,12 +75,14 @@ class LadderFile:
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of a ladder: its name, the config keys it changes, whether it needs a GPU, the paper's number."""
+    """One step of a ladder: its name, the config keys it changes, whether it needs a GPU, the paper's number and
+    training time."""
 
     name: str
     changes: dict[str, Any] = field(default_factory=dict)
     needs_gpu: bool = False
     paper: float | None = None
+    paper_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class Ladder:
     @property
     def mode(self) -> str:
         """Whether a higher metric is better (``max``: top-1, top-5) or a lower one (``min``: the losses)."""
-        return "min" if self.metric.endswith("loss") else "max"
+        return metric_mode(self.metric)
 
 
 @dataclass
@@ -123,7 +127,7 @@ def load_ladder(name_or_path: str | Path) -> Ladder:
     where = f"ladder {str(path)!r}"
     if not spec.rungs:
         raise ConfigError(f"{where} needs a 'rungs:' list")
-    rungs = tuple(Rung(r.name, _changes(f"{where}, rung {r.name!r}", r.set), r.needs_gpu, r.paper)
+    rungs = tuple(Rung(r.name, _changes(f"{where}, rung {r.name!r}", r.set), r.needs_gpu, r.paper, r.paper_seconds)
                   for r in spec.rungs)
     names = [r.name for r in rungs]
     if len(set(names)) != len(names):

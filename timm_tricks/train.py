@@ -53,6 +53,7 @@ from .checkpoint import (
     read_summary,
     write_checkpoint,
 )
+from .choices import is_better
 from .config import Config
 from .data import parse_source
 from .errors import ConfigError, DataError, TrainingError
@@ -62,8 +63,10 @@ from .run_folder import RunFolder, write_atomic
 from .schedule import TricksScheduler
 from .schema import flatten
 from .seeding import seed_everything, step_seed
+from .whitening import fit_input_whitening
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
+EMA_SUMMARY_FIELDS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")  # appended when ema.enabled
 
 
 def cpu_only_distributed() -> bool:
@@ -82,6 +85,7 @@ class TrainState:
     num_updates: int = 0  # optimizer steps taken (not skipped) so far: the schedule's position
     global_step: int = 0  # optimizer steps attempted so far
     best_top1: float = -1.0
+    best_value: float | None = None  # the best train.best_metric so far
     epoch_loss_sum: float = 0.0  # this process's summed training loss of the epoch in progress
     epoch_loss_count: int = 0
 
@@ -188,6 +192,8 @@ class Trainer:
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         model = build_model(cfg, self.num_classes)
+        if not (self.resume and list_checkpoints(self.output_dir / "checkpoints")):  # a resume loads the filter
+            fit_input_whitening(model, self.batches)  # Myrtle post 8's patch whitening, if the model has one
         if cfg.train.sync_bn and self.world > 1:
             from .sync_bn import convert_sync_batchnorm
 
@@ -248,7 +254,7 @@ class Trainer:
             if not skipped:
                 st.num_updates += 1
                 self.scheduler.step_update(st.num_updates)
-                if self.ema is not None:
+                if self.ema is not None and st.num_updates % cfg.ema.every_steps == 0:
                     self.ema.update(acc.unwrap_model(self.model), step=st.num_updates)
             st.global_step += 1
             st.step_in_epoch += 1
@@ -394,7 +400,8 @@ class Trainer:
             metrics["lr"] = self.schedule.factor(max(st.num_updates - 1, 0)) * self.peak_lr
             metrics["seconds"] = time.perf_counter() - t0
             st.epoch, st.step_in_epoch = epoch + 1, 0
-            improved = metrics["eval_top1"] > st.best_top1
+            improved = is_better(cfg.train.best_metric, metrics[cfg.train.best_metric], st.best_value)
+            st.best_value = metrics[cfg.train.best_metric] if improved else st.best_value
             st.best_top1 = max(st.best_top1, metrics["eval_top1"])
             self._log_epoch(metrics)
             ckpt = self.save_checkpoint()
@@ -421,11 +428,12 @@ class Trainer:
         if acc.is_main_process:
             path = self.output_dir / "summary.csv"
             new = not path.exists()
+            fields = SUMMARY_FIELDS + (EMA_SUMMARY_FIELDS if "ema_eval_top1" in m else ())
             with open(path, "a", newline="") as f:
                 writer = csv.writer(f)
                 if new:
-                    writer.writerow(SUMMARY_FIELDS)
-                writer.writerow([m["epoch"]] + [f"{m[k]:.6g}" for k in SUMMARY_FIELDS[1:]])
+                    writer.writerow(fields)
+                writer.writerow([m["epoch"]] + [f"{m[k]:.6g}" for k in fields[1:]])
 
     def _write_outputs(self, final: dict[str, float]) -> None:
         acc = self.accelerator

@@ -1,7 +1,11 @@
 """Flip test-time augmentation.
 
-Page, "How to train your ResNet 8: Bag of tricks" (Myrtle.ai 2019): at evaluation, the network sees each image
-and its horizontal mirror and the two outputs are averaged; it adds about 0.4% accuracy at 10 epochs on CIFAR-10.
+Page, "How to train your ResNet 8: Bag of tricks" (Myrtle.ai 2019), section "Test-time augmentation": at
+evaluation, the network sees each image and its horizontal mirror and the two outputs are averaged (cifar10-fast
+``bag_of_tricks.ipynb`` cell 82: ``forward_tta([identity, flip_lr])`` averages the logits). On CIFAR-10, with the
+13-epoch setup that reaches 94.1% without it (cell 77), "the test accuracy with TTA rises to 94.6%, making this the
+largest individual effect we've studied today" (cell 81); the post then drops cutout and trains 10 epochs to 94.1%
+with TTA in 26 s (cell 84).
 """
 
 from __future__ import annotations

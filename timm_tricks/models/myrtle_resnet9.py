@@ -1,7 +1,8 @@
 """Myrtle.ai's DAWNBench ResNet-9 for 32 x 32 images, and ghost batch norm.
 
-David Page, "How to train your ResNet" (Myrtle.ai blog series, 2018-2019; code: davidcpage/cifar10-fast).
-The network (part 4 of the series onwards):
+David Page, "How to train your ResNet" (Myrtle.ai blog series, 2018-2019; code: davidcpage/cifar10-fast, whose
+``bag_of_tricks.ipynb`` is post 8, "Bag of tricks"; "cell N" counts its cells from 0). The network (part 4 of the
+series onwards):
 
 * ``prep``: conv 3 -> 64;
 * ``layer1``: conv 64 -> 128, max pool 2, then a residual of two 128-channel conv-BN-act layers;
@@ -9,16 +10,25 @@ The network (part 4 of the series onwards):
 * ``layer3``: conv 256 -> 512, max pool 2, then a residual as in ``layer1``;
 * global max pool, a linear layer 512 -> classes without bias, and the logits multiplied by 0.125.
 
-Every conv is 3x3, padding 1, no bias, followed by BN and the activation; pooled layers pool after the activation
-(conv -> BN -> act -> pool). A residual computes ``x + res2(res1(x))``.
+Every conv is 3x3, padding 1, no bias, followed by BN and the activation; a residual computes
+``x + res2(res1(x))``. The defaults are the final network of post 8 (cells 72 and 85):
 
-The final recipe of the series (REFERENCES: 94.1% in 26 s on a V100) swaps ReLU for CELU (alpha 0.075 with
-learnable BN scales, 0.3 with BN scales frozen at 1) and plain BN for ghost BN over splits of 32 images; the
-options below switch those on. Weight init is PyTorch's default, as in cifar10-fast; BN gamma starts at
-``bn_weight_init`` and beta at 0.
+* pooling layers run conv -> max pool -> BN -> act (post 8, "Moving max-pool layers", cell 38; posts 4-7 and cell
+  26 pool last, conv -> BN -> act -> pool: ``pool_order='conv_bn_act_pool'``; cell 35's intermediate order
+  conv -> BN -> pool -> act, the same function for a monotonic activation, is ``'conv_bn_pool_act'``);
+* ``prep`` is a fixed 3x3 patch-whitening conv with 27 outputs (:class:`timm_tricks.whitening.PatchWhitening`,
+  fitted to training images with :meth:`MyrtleResNet9.fit_whitening`), then a 1x1 conv 27 -> 64, BN and the
+  activation (post 8, "Input patch whitening", cell 72; ``whitening=False`` gives the 3x3 conv 3 -> 64 of posts
+  4-7). Both preps have 3 x 3 x 3 x 64 = 27 x 64 = 1,728 weights, so the parameter count is unchanged; the fixed
+  27 x 3 x 3 x 3 whitening filter is a buffer (cell 72: a conv weight with ``requires_grad = False``).
+
+The final recipe of the series (94.1% in 26 s on a V100 with flip TTA, cell 84) also swaps ReLU for CELU (alpha
+0.075 with learnable BN scales, 0.3 with BN scales frozen at 1) and plain BN for ghost BN over splits of 32 images;
+the options below switch those on (``timm_tricks/recipes/myrtle_resnet9.yaml`` does). Weight init is PyTorch's
+default, as in cifar10-fast; BN gamma starts at ``bn_weight_init`` and beta at 0.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -28,10 +38,15 @@ from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['GhostBatchNorm2d', 'MyrtleResNet9', 'ghost_batch_norm', 'ACTIVATIONS']
+from ..whitening import REFERENCE_EPS, PatchWhitening
+
+__all__ = ['GhostBatchNorm2d', 'MyrtleResNet9', 'ghost_batch_norm', 'ACTIVATIONS', 'POOL_ORDERS']
 
 ACTIVATIONS: tuple[str, ...] = ('relu', 'celu')
 """Valid values of the ``act`` argument."""
+
+POOL_ORDERS: tuple[str, ...] = ('conv_pool_bn_act', 'conv_bn_pool_act', 'conv_bn_act_pool')
+"""Valid values of ``pool_order``: where the max pool of ``layer1``-``layer3`` sits (post 8 cells 38, 35 and 26)."""
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -178,7 +193,8 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
 
 class ConvBnAct(nn.Module):
-    """3x3 conv (padding 1, no bias) -> norm -> act -> [2x2 max pool] -> [residual], cifar10-fast's ``conv_bn``."""
+    """[whiten ->] conv (no bias) -> norm -> act, a 2x2 max pool where ``pool_order`` puts it, then [residual]:
+    cifar10-fast's ``conv_bn`` / ``conv_pool_block`` (and ``whitening_block`` with ``whiten``)."""
 
     def __init__(
             self,
@@ -188,16 +204,33 @@ class ConvBnAct(nn.Module):
             act_layer: Callable[[], nn.Module],
             pool: bool = False,
             residual: bool = False,
+            pool_order: str = POOL_ORDERS[0],
+            whiten: PatchWhitening | None = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size=3, padding=1, bias=False)
+        self.whiten = whiten
+        if whiten is None:
+            self.conv = nn.Conv2d(in_chs, out_chs, kernel_size=3, padding=1, bias=False)
+        else:  # the whitened patches already span the 3x3 window: a 1x1 conv mixes them (cell 72)
+            self.conv = nn.Conv2d(whiten.out_channels, out_chs, kernel_size=1, bias=False)
         self.bn = norm_layer(out_chs)
         self.act = act_layer()
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.pool_at = POOL_ORDERS.index(pool_order)  # 0: before the norm, 1: before the act, 2: last
         self.residual = Residual(out_chs, norm_layer, act_layer) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.act(self.bn(self.conv(x))))
+        if self.whiten is not None:
+            x = self.whiten(x)
+        x = self.conv(x)
+        if self.pool_at == 0:
+            x = self.pool(x)
+        x = self.bn(x)
+        if self.pool_at == 1:
+            x = self.pool(x)
+        x = self.act(x)
+        if self.pool_at == 2:
+            x = self.pool(x)
         if self.residual is not None:
             x = self.residual(x)
         return x
@@ -238,6 +271,9 @@ class MyrtleResNet9(nn.Module):
             bn_momentum: float = 0.1,
             global_pool: str = 'max',
             drop_rate: float = 0.0,
+            pool_order: str = 'conv_pool_bn_act',
+            whitening: bool = True,
+            whitening_eps: float = REFERENCE_EPS,
     ) -> None:
         """Build the network.
 
@@ -259,9 +295,16 @@ class MyrtleResNet9(nn.Module):
             bn_momentum: BN running-stat momentum.
             global_pool: timm pool type before the classifier (``'max'`` in the reference).
             drop_rate: Dropout before the classifier (0 in the reference).
+            pool_order: Where ``layer1``-``layer3`` max-pool: ``'conv_pool_bn_act'`` (post 8 from "Moving max-pool
+                layers" on, cell 38), ``'conv_bn_pool_act'`` (cell 35) or ``'conv_bn_act_pool'`` (posts 4-7).
+            whitening: ``prep`` is a fixed 3x3 patch-whitening conv, a 1x1 conv, BN and act (post 8, cell 72);
+                False: a 3x3 conv, BN and act (posts 4-7). Fit the filter with :meth:`fit_whitening` before
+                training (the trainer does); unfitted it is the identity on the patch pixels.
+            whitening_eps: Added to the patch covariance's eigenvalues when fitting (1e-2 in cell 72).
 
         Raises:
-            ValueError: For an unknown ``act``, a negative ``ghost_bn_splits`` or a wrong number of ``channels``.
+            ValueError: For an unknown ``act`` or ``pool_order``, a negative ``ghost_bn_splits`` or a wrong number
+                of ``channels``.
         """
         super().__init__()
         if act not in ACTIVATIONS:
@@ -271,12 +314,15 @@ class MyrtleResNet9(nn.Module):
                 f'ghost_bn_splits must be 0 or 1 (plain BatchNorm2d) or an integer > 1, got {ghost_bn_splits!r}')
         if len(channels) != 4:
             raise ValueError(f'channels must hold 4 widths (prep, layer1, layer2, layer3), got {tuple(channels)!r}')
+        if pool_order not in POOL_ORDERS:
+            raise ValueError(f'Unknown pool_order {pool_order!r}; valid choices: {", ".join(POOL_ORDERS)}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.output_scale = output_scale
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.ghost_bn_splits = int(ghost_bn_splits)
+        self.pool_order = pool_order
         if act == 'celu':
             self.celu_alpha = celu_alpha if celu_alpha is not None else (0.3 if bn_weight_frozen else 0.075)
             alpha = self.celu_alpha
@@ -300,10 +346,11 @@ class MyrtleResNet9(nn.Module):
             return bn
 
         c0, c1, c2, c3 = channels
-        self.prep = ConvBnAct(in_chans, c0, norm_layer, act_layer)
-        self.layer1 = ConvBnAct(c0, c1, norm_layer, act_layer, pool=True, residual=True)
-        self.layer2 = ConvBnAct(c1, c2, norm_layer, act_layer, pool=True)
-        self.layer3 = ConvBnAct(c2, c3, norm_layer, act_layer, pool=True, residual=True)
+        whiten = PatchWhitening(in_chans, eps=whitening_eps) if whitening else None
+        self.prep = ConvBnAct(in_chans, c0, norm_layer, act_layer, whiten=whiten)
+        self.layer1 = ConvBnAct(c0, c1, norm_layer, act_layer, pool=True, residual=True, pool_order=pool_order)
+        self.layer2 = ConvBnAct(c1, c2, norm_layer, act_layer, pool=True, pool_order=pool_order)
+        self.layer3 = ConvBnAct(c2, c3, norm_layer, act_layer, pool=True, residual=True, pool_order=pool_order)
         self.feature_info = [
             dict(num_chs=c0, reduction=1, module='prep'),
             dict(num_chs=c1, reduction=2, module='layer1'),
@@ -317,6 +364,28 @@ class MyrtleResNet9(nn.Module):
     def _make_fc(self, num_classes: int) -> nn.Module:
         in_features = self.num_features * self.global_pool.feat_mult()
         return nn.Linear(in_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def fit_whitening(self, images: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Fit the fixed input-whitening filter of ``prep`` to training images (post 8, cells 70 and 72).
+
+        The filter's rows are the eigenvectors of the covariance of all 3x3 patches of ``images``, each divided by
+        ``sqrt(eigenvalue + whitening_eps)`` (:func:`timm_tricks.whitening.whitening_filter`). The reference fits
+        on the first 10,000 CIFAR-10 training images, unaugmented; :class:`timm_tricks.train.Trainer` does the same
+        before its first step (:func:`timm_tricks.whitening.fit_input_whitening`) and a resumed run loads the
+        filter from its checkpoint. The filter is a buffer: it is saved with the weights, and a copy of the model
+        (an EMA) made before this call keeps the old one.
+
+        Args:
+            images: Float ``(N, C, H, W)`` images normalised as the model sees them in training, or an iterable of
+                such batches (summed in order, for data sets that do not fit in memory).
+
+        Raises:
+            ValueError: If the model was built with ``whitening=False``, or for images of the wrong shape.
+        """
+        if self.prep.whiten is None:
+            raise ValueError('fit_whitening: this ResNet-9 was built with whitening=False (no whitening layer)')
+        self.prep.whiten.fit(images)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -443,7 +512,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (4, 4),
         'crop_pct': 1.0, 'interpolation': 'bilinear',
         'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'prep.conv', 'classifier': 'fc',
+        'first_conv': 'prep.whiten', 'classifier': 'fc',
         'paper_name': 'How to train your ResNet (Myrtle.ai, D. Page)',
         'origin_url': 'https://github.com/davidcpage/cifar10-fast',
         **kwargs,
@@ -457,7 +526,10 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def resnet9_tricks(pretrained: bool = False, **kwargs: Any) -> MyrtleResNet9:
-    """Myrtle.ai DAWNBench ResNet-9 for 32 x 32 inputs (10 classes by default)."""
+    """Myrtle.ai DAWNBench ResNet-9 for 32 x 32 inputs (10 classes by default): post 8's final network (patch
+    whitening, pool before BN); ``whitening=False, pool_order='conv_bn_act_pool'`` is that of posts 4-7."""
+    if not kwargs.get('whitening', True):  # the first conv is prep's 3x3 conv, not the whitening filter
+        kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'first_conv': 'prep.conv'}
     return build_model_with_cfg(
         MyrtleResNet9, 'resnet9_tricks', pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),
