@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,36 @@ def _refused_option(cfg: Config, key: str | None, e: TypeError) -> str:
     if key in cfg.model.kwargs:
         return f"model {name!r} does not take model.kwargs.{key}; drop it from model.kwargs"
     return f"model {name!r} does not take one of its options: {e}"
+
+
+def cpu_only_distributed() -> bool:
+    """True in a multi-process launch (``WORLD_SIZE`` > 1, e.g. ``accelerate launch --multi_gpu`` or ``torchrun``)
+    on a machine without CUDA: the processes then train on their CPUs over gloo. (``accelerate launch --cpu``
+    starts a single process unless an MPI host file is given.)"""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def build_accelerator(cfg: Config, output_dir: Path) -> Any:
+    """The ``accelerate.Accelerator`` of a run: the config's precision and accumulation, TensorBoard logs in
+    ``output_dir``, CPUs over gloo in a launch without CUDA."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    return Accelerator(cpu=cpu_only_distributed(), mixed_precision=cfg.train.precision,
+                       gradient_accumulation_steps=cfg.train.grad_accum_steps, log_with="tensorboard",
+                       project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)))
+
+
+def check_accelerator(acc: Any, cfg: Config) -> None:
+    """A user's own Accelerator must accumulate and cast as the config says: the Trainer counts optimizer steps,
+    and scales the learning rate, by ``train.grad_accum_steps``, and config.yaml records ``train.precision``."""
+    have = {"train.grad_accum_steps": acc.gradient_accumulation_steps, "train.precision": acc.mixed_precision}
+    want = {"train.grad_accum_steps": cfg.train.grad_accum_steps, "train.precision": cfg.train.precision}
+    wrong = [f"{k}={want[k]!r} but the Accelerator has {have[k]!r}" for k in have if have[k] != want[k]]
+    if wrong:
+        raise ConfigError(f"the given Accelerator does not match the config: {'; '.join(wrong)}; build it with "
+                          "Accelerator(mixed_precision=cfg.train.precision, "
+                          "gradient_accumulation_steps=cfg.train.grad_accum_steps) or --set the keys to match")
 
 
 def check_input_channels(model: nn.Module, channels: int, name: str) -> None:

@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from .build import (
+    build_accelerator,
     build_batches,
     build_ema,
     build_model,
     build_teacher,
+    check_accelerator,
     check_input_channels,
     loss_from_config,
     optimizer_from_config,
@@ -67,13 +69,6 @@ from .whitening import fit_input_whitening
 
 SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
 EMA_SUMMARY_FIELDS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")  # appended when ema.enabled
-
-
-def cpu_only_distributed() -> bool:
-    """True in a multi-process launch (``WORLD_SIZE`` > 1, e.g. ``accelerate launch --multi_gpu`` or ``torchrun``)
-    on a machine without CUDA: the processes then train on their CPUs over gloo. (``accelerate launch --cpu``
-    starts a single process unless an MPI host file is given.)"""
-    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 @dataclass
@@ -118,22 +113,12 @@ class Trainer:
     def __init__(self, cfg: Config, output_dir: str | Path, resume: bool = False, download: bool = False,
                  callback: Callable[[int, dict[str, float], Path | None], None] | None = None,
                  accelerator: Any = None, step_callback: Callable[[TrainState], None] | None = None) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
         cfg = with_pretrained_transforms(cfg)  # before config.yaml is written: it records what the run feeds
         self.cfg, self.output_dir, self.resume, self.callback = cfg, Path(output_dir), resume, callback
         self.step_callback = step_callback
-        self.accelerator = accelerator or Accelerator(
-            cpu=cpu_only_distributed(),
-            mixed_precision=cfg.train.precision,
-            gradient_accumulation_steps=cfg.train.grad_accum_steps,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
-        )
-        acc = self.accelerator
         if accelerator is not None:
-            _check_accelerator(accelerator, cfg)
+            check_accelerator(accelerator, cfg)
+        self.accelerator = acc = accelerator or build_accelerator(cfg, self.output_dir)
         self.folder = RunFolder(self.output_dir, resume)
         self._claim_folder()
         try:
@@ -450,18 +435,6 @@ class Trainer:
             state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
             write_atomic(self.output_dir / name, save(state))
         write_atomic(self.output_dir / "metrics.json", (json.dumps(final, indent=2) + "\n").encode())
-
-
-def _check_accelerator(acc: Any, cfg: Config) -> None:
-    """A user's own Accelerator must accumulate and cast as the config says: the Trainer counts optimizer steps,
-    and scales the learning rate, by ``train.grad_accum_steps``, and config.yaml records ``train.precision``."""
-    have = {"train.grad_accum_steps": acc.gradient_accumulation_steps, "train.precision": acc.mixed_precision}
-    want = {"train.grad_accum_steps": cfg.train.grad_accum_steps, "train.precision": cfg.train.precision}
-    wrong = [f"{k}={want[k]!r} but the Accelerator has {have[k]!r}" for k in have if have[k] != want[k]]
-    if wrong:
-        raise ConfigError(f"the given Accelerator does not match the config: {'; '.join(wrong)}; build it with "
-                          "Accelerator(mixed_precision=cfg.train.precision, "
-                          "gradient_accumulation_steps=cfg.train.grad_accum_steps) or --set the keys to match")
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:
