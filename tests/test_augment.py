@@ -324,7 +324,7 @@ def test_bot_train_transform_output(color):
 
 def test_bot_train_transform_without_randomness_is_resize_and_normalise():
     img = pil_image(96, 96, seed=3)
-    kw = dict(size=48, pca_std=0.0, color=None, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    kw = dict(size=48, pca_std=0.0, color=None, crop=((1.0, 1.0), (1.0, 1.0)))
     ref = (TVF.to_tensor(TVF.resize(img, [48, 48])) * 255 - MEAN) / STD
     assert torch.allclose(A.bot_train_transform(**kw, flip_p=0.0)(img), ref, atol=1e-5)
     assert torch.allclose(A.bot_train_transform(**kw, flip_p=1.0)(img), ref.flip(-1), atol=1e-5)
@@ -350,7 +350,7 @@ def test_bot_train_transform_rejects_bad_arguments():
     with pytest.raises(ValueError, match="size"):
         A.bot_train_transform(size=-3)
     with pytest.raises(ValueError, match="scale"):
-        A.bot_train_transform(scale=(0.5, 1.5))
+        A.bot_train_transform(crop=((0.5, 1.5), (0.75, 4 / 3)))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -16,14 +16,14 @@ from PIL import Image
 from timm.utils import ModelEmaV3
 
 import timm_tricks.models  # noqa: F401  (registers the models)
-from timm_tricks.batches import Shard, build_batches
+from timm_tricks.batches import Shard
+from timm_tricks.build import build_batches, optimizer_from_config, schedule_from_config
 from timm_tricks.choices import TRAIN_SET_SIZES, is_better
 from timm_tricks.config import ConfigError, load_config
 from timm_tricks.data import normalize, parse_source
 from timm_tricks.ladder import load_ladder, plan_ladder
 from timm_tricks.models.myrtle_resnet9 import MyrtleResNet9
-from timm_tricks.optim import create_optimizer
-from timm_tricks.schedule import TricksScheduler, lr_table, schedule_from_config
+from timm_tricks.schedule import TricksScheduler, lr_table
 from timm_tricks.train import Trainer
 from timm_tricks.whitening import PatchWhitening, fit_input_whitening, training_images, whitening_filter
 
@@ -194,7 +194,7 @@ def test_whitening_fit_is_deterministic_and_streams():
 def test_recipe_learning_rates_at_epochs_0_2_8_10():
     cfg = load_config("myrtle_resnet9")
     steps = TRAIN_SET_SIZES["cifar10"] // cfg.data.batch_size  # 50,000 // 512 = 97, the ragged tail dropped
-    lr = {round(epoch, 6): value for _, epoch, value in lr_table(cfg, steps)}
+    lr = {round(epoch, 6): value for _, epoch, value in lr_table(schedule_from_config(cfg, steps), cfg.scaled_lr())}
     assert lr[0.0] == 0.0  # cell 85: lr_schedule([0, epochs/5, epochs - ema_epochs], [0, 1.0, 0.1])
     assert lr[2.0] == pytest.approx(1.0)  # the peak at epochs / 5
     assert lr[5.0] == pytest.approx(1.0 + (0.1 - 1.0) * (5 - 2) / (8 - 2))  # linear in between: 0.55
@@ -234,7 +234,7 @@ def test_mean_loss_step_equals_the_reference_summed_loss_step():
 def test_recipe_bn_bias_groups_get_64x_lr_and_one_64th_weight_decay():
     cfg = load_config("myrtle_resnet9", ["model.kwargs.channels=[8, 16, 16, 32]"])
     model = timm.create_model(cfg.model.name, **cfg.model_kwargs(10))
-    optimizer = create_optimizer(model, cfg)
+    optimizer = optimizer_from_config(model, cfg)
     scheduler = TricksScheduler(optimizer, schedule_from_config(cfg, steps_per_epoch=97))
     scheduler.step_update(2 * 97)  # epoch 2: the peak
     groups = {g.get("lr_scale", 1.0): g for g in optimizer.param_groups}

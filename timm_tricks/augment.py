@@ -106,8 +106,7 @@ def bot_train_transform(
     pca_std: float | None = 0.1,
     color: str | None = "hsv",
     *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    crop: tuple[tuple[float, float], tuple[float, float]] = ((0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)),
     flip_p: float = 0.5,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -129,8 +128,8 @@ def bot_train_transform(
         size: Output side length (224 in the paper).
         pca_std: Standard deviation of the PCA lighting coefficient (0.1 in the paper); 0 or None disables it.
         color: ``"hsv"``, ``"jitter"`` or None.
-        scale: Area fraction range of the random crop ((0.08, 1.0) in the paper).
-        ratio: Aspect ratio range of the random crop ((3/4, 4/3) in the paper).
+        crop: ``(scale, ratio)`` of the random resized crop: its area fraction range ((0.08, 1.0) in the paper) and
+            aspect ratio range ((3/4, 4/3) in the paper).
         flip_p: Probability of the horizontal flip (0.5 in the paper).
         mean: Normalisation mean (R, G, B) on the 0-1 scale; None for the paper's. Give ``std`` with it.
         std: Normalisation std (R, G, B) on the 0-1 scale; None for the paper's.
@@ -142,9 +141,10 @@ def bot_train_transform(
 
     Raises:
         ValueError: If ``size`` is not a positive integer, ``pca_std`` is negative, ``color`` is not one of the
-            choices, ``scale`` / ``ratio`` / ``flip_p`` are out of range, or ``mean`` / ``std`` are malformed.
+            choices, ``crop`` / ``flip_p`` are out of range, or ``mean`` / ``std`` are malformed.
     """
     size = _check_positive_int(size, "size")
+    scale, ratio = crop
     if pca_std is not None and not (math.isfinite(pca_std) and pca_std >= 0):
         raise ValueError(f"pca_std must be None or a finite number >= 0, got {pca_std}")
     if color not in (*COLOR_MODES, None):

@@ -99,8 +99,7 @@ def _group_rows(n: int, num_groups: int, device: torch.device, group: dist.Proce
 
 def all_reduce_batch_norm(
         x: torch.Tensor,
-        running_mean: torch.Tensor | None = None,
-        running_var: torch.Tensor | None = None,
+        running: tuple[torch.Tensor, torch.Tensor] | None = None,
         weight: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         momentum: float = 0.1,
@@ -120,8 +119,7 @@ def all_reduce_batch_norm(
 
     Args:
         x: Input of shape (N, C, ...), N >= 0 (a process may contribute no samples).
-        running_mean: Optional running mean of shape (C,), updated in place.
-        running_var: Optional running variance of shape (C,), updated in place.
+        running: Optional ``(running_mean, running_var)``, each of shape (C,), updated in place.
         weight: Optional per-channel scale (gamma).
         bias: Optional per-channel shift (beta).
         momentum: Running-stat update factor.
@@ -152,13 +150,12 @@ def all_reduce_batch_norm(
     count = total[:, -1:]
     mean = total[:, :c] / count
     var = (total[:, c:2 * c] / count - mean * mean).clamp_min(0)  # biased, as batch norm normalises with
-    if running_mean is not None or running_var is not None:
+    if running is not None:
+        running_mean, running_var = running
         with torch.no_grad():
-            if running_mean is not None:
-                running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
-            if running_var is not None:
-                unbiased = var * torch.where(count > 1, count / (count - 1).clamp_min(1), torch.ones_like(count))
-                running_var.lerp_(unbiased.mean(0).to(running_var.dtype), momentum)
+            running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
+            unbiased = var * torch.where(count > 1, count / (count - 1).clamp_min(1), torch.ones_like(count))
+            running_var.lerp_(unbiased.mean(0).to(running_var.dtype), momentum)
     ct = torch.promote_types(x.dtype, torch.float32)
     shape = (-1, c) + (1,) * len(spatial)
     scale = torch.rsqrt(var + eps)
@@ -198,7 +195,7 @@ class _AllReduceMixin:
             if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
         y = all_reduce_batch_norm(
-            x, self.running_mean if track else None, self.running_var if track else None, self.weight, self.bias,
+            x, (self.running_mean, self.running_var) if track else None, self.weight, self.bias,
             momentum=factor, eps=self.eps, num_groups=getattr(self, 'num_splits', 1), group=self.process_group)
         return self._after_norm(y)
 
