@@ -28,14 +28,14 @@ from .experiment import (
     experiment_session,
     fit,
     make_trial,
-    result_summary,
 )
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
+from .search_status import SearchWatch, StatusOptions, result_summary
 
 
 @dataclass(frozen=True)
 class AblationOptions:
-    """The runs of an ablation besides the ladder, and which experiment it is.
+    """The runs of an ablation besides the ladder, which experiment it is, and what it prints while it runs.
 
     Attributes:
         seeds: Runs per rung (``train.seed`` 0 to seeds - 1, the same seeds on every rung).
@@ -43,6 +43,7 @@ class AblationOptions:
         teacher_model: Replaces the model of the ladder's teacher (when it is trained here).
         name: Ablation name, the folder in the storage (default: the ladder's name).
         resume: Continue a killed ablation in ``storage/name``.
+        status: What it prints while it runs (:class:`timm_tricks.search_status.StatusOptions`).
     """
 
     seeds: int = 1
@@ -50,6 +51,7 @@ class AblationOptions:
     teacher_model: str | None = None
     name: str | None = None
     resume: bool = False
+    status: StatusOptions = StatusOptions()
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -77,6 +79,17 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
             (:func:`timm_tricks.experiment.make_trial`).
     """
     options, cluster, updates = options or AblationOptions(), cluster or ClusterOptions(), updates or {}
+    name = options.name or ladder.name
+    with SearchWatch(f"ablation {name}", ladder.metric, ladder.mode, options.status) as watch:
+        watch.phase("planning the rungs")
+        exp = _ablate(ladder, overrides, updates, options, cluster, step_callback, watch)
+        watch.say(f"done: {exp / 'ablation.md'}")
+    return exp
+
+
+def _ablate(ladder: Ladder, overrides: list[str], updates: dict, options: AblationOptions, cluster: ClusterOptions,
+            step_callback: StepCallback | None, watch: SearchWatch) -> Path:
+    """The body of :func:`run_ablation`, with its :class:`~timm_tricks.search_status.SearchWatch`."""
     gpu = cluster.gpus_per_trial > 0
     plan = plan_ladder(ladder, overrides=overrides, updates=updates, gpu=gpu)
     distilling = [p for p in plan if p.config is not None and p.config.distill.teacher is not None
@@ -87,20 +100,34 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
     exp = experiment_dir(cluster.storage or "runs/ablate", options.name or ladder.name, options.resume)
     recorded = dict(ladder=repr(ladder), overrides=list(overrides), updates=updates, seeds=options.seeds,
                     teacher_checkpoint=teacher_checkpoint, teacher_model=options.teacher_model)
-    settings = TunerSettings(metric=ladder.metric, mode=ladder.mode)
+    names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
+    epochs = {_slug(i, p.rung.name): p.config.train.epochs for i, p in enumerate(plan) if p.config is not None}
+    teacher_epochs = teacher.train.epochs if teacher is not None else None
+    watch.budget = lambda config: epochs.get(config.get("rung"), teacher_epochs)
+    watch.name = lambda trial: f"{names[trial.config['rung']]} (seed {trial.config.get('train.seed', 0)})" \
+        if trial.config.get("rung") in names else "the teacher"
+    ran = sum(p.config is not None for p in plan)
+    watch.say(f"ablation {exp.name}: ladder {ladder.name}, {ran} of {len(plan)} rungs x {options.seeds} seed(s)"
+              f"{', after its teacher' if teacher is not None else ''}, by {ladder.metric}; in {exp}")
+    watch.phase("starting Ray", f"joining the Ray cluster at {cluster.address}" if cluster.address else
+                "starting Ray on this machine")
+    status = watch.callback()
+    settings = TunerSettings(metric=ladder.metric, mode=ladder.mode, callbacks=[status] if status else (),
+                             verbose=options.status.ray_verbose)
     rung_dir = exp / "rungs"
     with experiment_session(exp, recorded, cluster, options.resume):
         rung_dir.mkdir(exist_ok=True)
         if teacher is not None:
             teacher_file = rung_dir / "teacher.yaml"
             teacher_file.write_text(teacher.to_yaml())
-            print(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
+            watch.say(f"training the teacher ({teacher.model.name}) of {len(distilling)} distilling rung(s) first")
             trial = make_trial(teacher_file, cluster=cluster, step_callback=step_callback)
             result = fit(exp / "teacher", trial, {}, cluster=cluster, settings=settings, resume=options.resume)[0]
             if result.error:
                 first_line = str(result.error).strip().splitlines()[0] if str(result.error).strip() else "an error"
                 raise TrainingError(f"the teacher run failed ({first_line}); its log: {result.path}/error.txt")
             teacher_checkpoint = str(Path(result.path) / "run" / "model.safetensors")
+            watch.say(f"the teacher is trained: {teacher_checkpoint}")
         rungs = {}
         for index, p in enumerate(plan):
             if p.config is None:
@@ -119,18 +146,20 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
         space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(options.seeds)))}
         trial = make_trial(rungs, cluster=cluster, step_callback=step_callback)
         results = fit(exp / "grid", trial, space, cluster=cluster, settings=settings, resume=options.resume)
-        names = {_slug(i, p.rung.name): p.rung.name for i, p in enumerate(plan)}
-        runs = [dict(run_row(r, ladder.metric), rung=names[r.config["rung"]]) for r in results]
+        runs = [dict(run_row(r, ladder.metric, epochs.get(r.config["rung"])), rung=names[r.config["rung"]])
+                for r in results]
+    watch.phase("writing the report", "writing the table")
     write_ablation(ladder, plan, runs, exp)
     return exp
 
 
-def run_row(result: Any, metric: str) -> dict[str, Any]:
-    """One grid run: its rung and seed, the metric after its last epoch, its training time and status."""
+def run_row(result: Any, metric: str, epochs: int | None = None) -> dict[str, Any]:
+    """One grid run: its rung and seed, the metric after its last epoch, its training time and status (against
+    the rung's ``epochs``)."""
     last = result.metrics or {}
     return {"rung": result.config["rung"], "seed": result.config["train.seed"],
             metric: last.get(metric) if not result.error else None, "seconds": last.get("time_total_s"),
-            **result_summary(result)}
+            **result_summary(result, epochs)}
 
 
 def summarize(plan: list[PlannedRung], runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -183,33 +212,15 @@ def write_ablation(ladder: Ladder, plan: list[PlannedRung], runs: list[dict[str,
         runs_text = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(f"| {row['rung']} | {_num(row['mean'], '.2f')} | {_num(row['std'], '.2f')} | "
                      f"{_num(row['delta'], '+.2f')} | {_time(row['seconds'])} | {runs_text} | {paper} |")
-    text = [f"# Ablation {exp.name}: ladder {ladder.name}", "", ladder.description, "",
+    named = f" (`{exp.name}`)" if exp.name != ladder.name else ""
+    text = [f"# Ablation of the `{ladder.name}` ladder{named}", "", ladder.description, "",
             f"{metric} after the last epoch, mean and sample standard deviation over the seeds; change against the "
             "rung above that ran; paper: the number (and training time) the source reports for that row, for "
             "orientation.", "",
             *lines, ""]
     (exp / "ablation.md").write_text("\n".join(text))
-    _bar_chart(rows, metric, exp / "ablation.png", f"{ladder.name} ({exp.name})")
+    from .report_plots import bar_chart
+
+    bar_chart(rows, metric, exp / "ablation.png", title=f"{metric} per rung of the {ladder.name} ladder"
+              + (f" ({exp.name})" if named else ""))
     print("\n".join(text))
-
-
-def _bar_chart(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [r for r in rows if r["mean"] is not None]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(shown) + 2), 4))
-    ax.bar(range(len(shown)), [r["mean"] for r in shown], yerr=[r["std"] or 0.0 for r in shown], capsize=4,
-           color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(shown)), [r["rung"] for r in shown], rotation=30, ha="right")
-    low = min(r["mean"] - (r["std"] or 0.0) for r in shown) if shown else 0.0
-    high = max(r["mean"] + (r["std"] or 0.0) for r in shown) if shown else 1.0
-    ax.set_ylim(max(0.0, low - 0.1 * (high - low + 1e-9) - 0.5), high + 0.1 * (high - low + 1e-9) + 0.5)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

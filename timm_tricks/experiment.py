@@ -11,7 +11,7 @@ Nothing here chooses configs: :mod:`timm_tricks.tune` picks the searcher and sch
   A trial of more than one worker is a Ray Train run (:func:`train_with_workers`).
 - :func:`experiment_dir` and :func:`experiment_session`: the experiment folder, held to its first options
   (:func:`experiment_guard`), and the Ray session (:func:`timm_tricks.ray_cluster.ray_session`).
-- :func:`fit`: the Tuner of one experiment, new or restored; :func:`result_summary` for the reports.
+- :func:`fit`: the Tuner of one experiment, new or restored (what it prints: :mod:`timm_tricks.search_status`).
 
 API notes for Ray 2.60 (checked against the installed source): function trainables report with
 ``ray.tune.report`` (``ray.train.report`` raises inside Tune), configs come from ``ray.tune`` (``RunConfig``,
@@ -384,7 +384,8 @@ class TunerSettings:
             snapshot after every reported epoch and ``--resume`` after a killed driver loses at most the epoch in
             flight. PBT needs more: an exploiting trial loads its donor's checkpoint after the donor may have saved
             again.
-        callbacks: ``ray.tune.Callback`` objects for the driver.
+        callbacks: ``ray.tune.Callback`` objects for the driver (a restored experiment gets these too).
+        verbose: Ray Tune's own output, ``RunConfig(verbose=...)``: 0 (none) to 3.
     """
 
     metric: str
@@ -395,6 +396,7 @@ class TunerSettings:
     seed: int = 0
     keep_checkpoints: int = 1
     callbacks: Sequence[Any] = ()
+    verbose: int = 0
 
 
 def fit(exp: Path, trial: Callable[[dict[str, Any]], None], param_space: dict[str, Any], *,
@@ -430,6 +432,9 @@ def fit(exp: Path, trial: Callable[[dict[str, Any]], None], param_space: dict[st
         if not tune.Tuner.can_restore(str(exp)):
             raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl): choose another --name")
         tuner = tune.Tuner.restore(str(exp), trainable=trial, resume_errored=True, param_space=param_space)
+        if tuner._local_tuner is not None:  # Tune restores the first run's RunConfig: this run's output instead
+            run = tuner._local_tuner.get_run_config()
+            run.callbacks, run.verbose = list(settings.callbacks) or None, settings.verbose
     else:
         tuner = tune.Tuner(
             trial,
@@ -437,14 +442,8 @@ def fit(exp: Path, trial: Callable[[dict[str, Any]], None], param_space: dict[st
             tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
                                         search_alg=search_alg, max_concurrent_trials=max_concurrent,
                                         scheduler=settings.scheduler),
-            run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=0,
+            run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=settings.verbose,
                                       callbacks=list(settings.callbacks) or None,
                                       failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
     return tuner.fit()
-
-
-def result_summary(result: Any) -> dict[str, Any]:
-    """Epochs a Tune result trained, its status and its folder."""
-    return {"epochs": int((result.metrics or {}).get("epoch", 0)), "status": "ERROR" if result.error else
-            "TERMINATED", "path": str(result.path)}

@@ -27,9 +27,9 @@ from .experiment import (
     experiment_session,
     fit,
     make_trial,
-    result_summary,
     trial_config,
 )
+from .search_status import SearchWatch, StatusOptions, describe, result_summary
 from .tune_space import SearchSpace
 
 PBT_KEYS = ("optim.lr", "loss.label_smoothing", "mixup.alpha")  # what PBT mutates, when the space searches them
@@ -37,7 +37,7 @@ PBT_KEYS = ("optim.lr", "loss.label_smoothing", "mixup.alpha")  # what PBT mutat
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How a search picks and stops its trials, and which experiment it is.
+    """How a search picks and stops its trials, which experiment it is, and what it prints while it runs.
 
     Attributes:
         num_samples: Trials to run.
@@ -47,6 +47,7 @@ class SearchOptions:
         grace_period, reduction_factor: ASHA's epochs before the first cut, and 1 / the share it keeps at a cut.
         name: Experiment name, the folder in the storage (default: the space's name).
         resume: Continue a killed search in ``storage/name``.
+        status: What it prints while it runs (:class:`timm_tricks.search_status.StatusOptions`).
     """
 
     num_samples: int = 8
@@ -57,6 +58,7 @@ class SearchOptions:
     reduction_factor: float = 3
     name: str | None = None
     resume: bool = False
+    status: StatusOptions = StatusOptions()
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -94,16 +96,22 @@ def _scheduler(name: str, space: SearchSpace, epochs: int, grace_period: int = 1
     return FIFOScheduler()
 
 
+SCHEDULER_NAMES = {"asha": "ASHA", "pbt": "PBT", "fifo": "FIFO (every trial to the budget)"}
+
+
 def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] = (), updates: dict | None = None,
                options: SearchOptions | None = None, cluster: ClusterOptions | None = None,
                callbacks: list[Any] | None = None, step_callback: StepCallback | None = None) -> Path:
     """Run (or resume) a search and write its report; return the experiment folder (``storage/name``).
 
+    While it runs it prints its progress to stderr (:class:`timm_tricks.search_status.SearchWatch`; quiet with
+    ``options.status``); the report's table goes to stdout at the end.
+
     Args:
         space: The validated search space.
         recipe: The recipe every trial starts from.
         overrides, updates: Fixed config changes applied before the sampled values.
-        options: Trials, searcher, scheduler, seed, and the experiment's name (:class:`SearchOptions`).
+        options: Trials, searcher, scheduler, seed, the experiment's name and the output (:class:`SearchOptions`).
         cluster: Ray address, storage (default ``runs/tune``), resources per trial, concurrency, retries
             (:class:`timm_tricks.experiment.ClusterOptions`).
         callbacks: ``ray.tune.Callback`` objects for the driver (the benchmarks time trials with one).
@@ -111,41 +119,65 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
             (:func:`timm_tricks.experiment.make_trial`).
     """
     options, cluster, updates = options or SearchOptions(), cluster or ClusterOptions(), updates or {}
-    base_cfg = load_config(recipe, list(overrides), updates)  # fail early on a bad recipe or override
-    if options.scheduler == "asha" and options.grace_period > base_cfg.train.epochs:
-        raise ConfigError(f"--grace-period {options.grace_period} is longer than the {base_cfg.train.epochs} epochs "
-                          "of a trial")
-    for dim in space.dimensions:  # every value the space can sample must give a valid config with this recipe
-        for value in dim.values_to_check():
-            try:
-                trial_config(recipe, overrides, updates, {dim.key: value})
-            except ConfigError as e:
-                raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
-                                  f"{str(recipe)!r}: {e}") from None
-    exp = experiment_dir(cluster.storage or "runs/tune", options.name or space.name, options.resume)
-    recorded = dict(space=space.name, dimensions={d.key: [d.kind, *d.args] for d in space.dimensions},
-                    recipe=str(recipe), overrides=list(overrides), updates=updates, num_samples=options.num_samples,
-                    scheduler=options.scheduler, search=options.search, seed=options.seed,
-                    grace_period=options.grace_period, reduction_factor=options.reduction_factor)
-    with experiment_session(exp, recorded, cluster, options.resume):
-        searcher = None  # seeded random sampling (fit's default)
-        if options.search == "optuna" and options.scheduler != "pbt":
-            from ray.tune.search.optuna import OptunaSearch
+    name = options.name or space.name
+    with SearchWatch(f"search {name}", space.metric, space.mode, options.status) as watch:
+        watch.phase("checking the space against the recipe")
+        base_cfg = load_config(recipe, list(overrides), updates)  # fail early on a bad recipe or override
+        if options.scheduler == "asha" and options.grace_period > base_cfg.train.epochs:
+            raise ConfigError(f"--grace-period {options.grace_period} is longer than the {base_cfg.train.epochs} "
+                              "epochs of a trial")
+        for dim in space.dimensions:  # every value the space can sample must give a valid config with this recipe
+            for value in dim.values_to_check():
+                try:
+                    trial_config(recipe, overrides, updates, {dim.key: value})
+                except ConfigError as e:
+                    raise ConfigError(f"search space {space.name!r}: {dim.key}={value!r} does not fit recipe "
+                                      f"{str(recipe)!r}: {e}") from None
+        exp = experiment_dir(cluster.storage or "runs/tune", name, options.resume)
+        epochs = base_cfg.train.epochs
+        watch.budget = lambda config: int(config.get("train.epochs", epochs))
+        how = _how(options)
+        watch.say(f"search {name}: {options.num_samples} trial(s) of up to {epochs} epochs of recipe {recipe}, "
+                  f"{how}, by {space.metric} ({space.mode}); in {exp}")
+        recorded = dict(space=space.name, dimensions={d.key: [d.kind, *d.args] for d in space.dimensions},
+                        recipe=str(recipe), overrides=list(overrides), updates=updates,
+                        num_samples=options.num_samples, scheduler=options.scheduler, search=options.search,
+                        seed=options.seed, grace_period=options.grace_period,
+                        reduction_factor=options.reduction_factor)
+        watch.phase("starting Ray", f"joining the Ray cluster at {cluster.address}" if cluster.address else
+                    "starting Ray on this machine")
+        with experiment_session(exp, recorded, cluster, options.resume):
+            searcher = None  # seeded random sampling (fit's default)
+            if options.search == "optuna" and options.scheduler != "pbt":
+                from ray.tune.search.optuna import OptunaSearch
 
-            searcher = OptunaSearch(seed=options.seed)
-        scheduler = _scheduler(options.scheduler, space, base_cfg.train.epochs, options.grace_period,
-                               options.reduction_factor)
-        settings = TunerSettings(metric=space.metric, mode=space.mode, num_samples=options.num_samples,
-                                 search_alg=searcher, scheduler=scheduler, seed=options.seed,
-                                 keep_checkpoints=3 if options.scheduler == "pbt" else 1, callbacks=callbacks or ())
-        trial = make_trial(recipe, overrides=overrides, updates=updates, cluster=cluster, step_callback=step_callback)
-        results = fit(exp, trial, space.to_tune(), cluster=cluster, settings=settings, resume=options.resume)
-        write_report(results, space, exp)
+                searcher = OptunaSearch(seed=options.seed)
+            scheduler = _scheduler(options.scheduler, space, epochs, options.grace_period, options.reduction_factor)
+            status = watch.callback(scheduler, SCHEDULER_NAMES[options.scheduler].split(" ")[0])
+            settings = TunerSettings(metric=space.metric, mode=space.mode, num_samples=options.num_samples,
+                                     search_alg=searcher, scheduler=scheduler, seed=options.seed,
+                                     keep_checkpoints=3 if options.scheduler == "pbt" else 1,
+                                     callbacks=[*(callbacks or ()), *([status] if status else [])],
+                                     verbose=options.status.ray_verbose)
+            trial = make_trial(recipe, overrides=overrides, updates=updates, cluster=cluster,
+                               step_callback=step_callback)
+            results = fit(exp, trial, space.to_tune(), cluster=cluster, settings=settings, resume=options.resume)
+            watch.phase("writing the report", "writing the report")
+            write_report(results, space, exp, epochs=epochs, recipe=str(recipe), how=how)
+        watch.say(f"done: {exp / 'report.md'}")
     return exp
 
 
-def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
-    """One row per trial: the searched values, the best metric over its epochs, epochs run and status."""
+def _how(options: SearchOptions) -> str:
+    """``Optuna TPE + ASHA``: the searcher and the scheduler, in words."""
+    searcher = "random sampling" if options.search == "random" or options.scheduler == "pbt" else "Optuna TPE"
+    return f"{searcher} + {SCHEDULER_NAMES[options.scheduler]}"
+
+
+def trial_table(results: Any, space: SearchSpace, epochs: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial: its number, the searched values, the best metric over its epochs, epochs run, its
+    status (``completed``, ``stopped at epoch N``, ``error``: against ``epochs``, or the trial's own
+    ``train.epochs`` when the space searches it) and its folder; the best first."""
     rows = []
     for r in results:
         df = r.metrics_dataframe
@@ -154,40 +186,67 @@ def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
         if df is not None and metric in df:
             series = df[metric].dropna()
             best = (series.max() if space.mode == "max" else series.min()) if len(series) else None
-        rows.append({**{k: r.config.get(k) for k in space.keys()}, f"best_{metric}": None if best is None else
-                     float(best), **result_summary(r)})
+        budget = r.config.get("train.epochs", epochs)
+        rows.append({"trial": _number(r), **{k: r.config.get(k) for k in space.keys()},
+                     f"best_{metric}": None if best is None else float(best),
+                     **result_summary(r, None if budget is None else int(budget))})
     key = f"best_{space.metric}"
     sign = -1 if space.mode == "max" else 1
     rows.sort(key=lambda row: (row[key] is None, sign * (row[key] or 0)))
     return rows
 
 
-def write_report(results: Any, space: SearchSpace, exp: Path) -> list[dict[str, Any]]:
-    """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the table."""
-    rows = trial_table(results, space)
+def _number(result: Any) -> str:
+    """A result's trial number (the one in its folder's name and in the status lines)."""
+    from .search_status import trial_number
+
+    metrics = result.metrics or {}
+    return trial_number(metrics.get("experiment_tag"), str(metrics.get("trial_id", Path(result.path).name)))
+
+
+def write_report(results: Any, space: SearchSpace, exp: Path, *, epochs: int | None = None, recipe: str | None = None,
+                 how: str = "") -> list[dict[str, Any]]:
+    """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the report.
+
+    ``epochs`` is a trial's budget (for the status column), ``recipe`` and ``how`` (the searcher and scheduler in
+    words) go in the heading.
+    """
+    rows = trial_table(results, space, epochs)
     if not rows:
         raise ConfigError(f"search {str(exp)!r} has no trials")
+    key = f"best_{space.metric}"
     columns = [c for c in rows[0] if c != "path"]
     with open(exp / "trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns + ["path"])
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if c == key else "---|" for c in columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
-    table = "\n".join(lines)
+    statuses = [row["status"] for row in rows]
+    stopped = sum(s.startswith("stopped") for s in statuses)
+    counts = ", ".join(f"{n} {label}" for n, label in ((statuses.count("completed"), "completed"),
+                                                        (stopped, "stopped early"),
+                                                        (statuses.count("error"), "failed")) if n)
+    on = f" on recipe `{recipe}`" if recipe else ""
+    text = [f"# Search report: space `{space.name}`{on}", "",
+            f"Experiment `{exp}`: {len(rows)} trial(s) ({counts}){', ' + how if how else ''}. Each trial is ranked "
+            f"by its best {space.metric} ({space.mode}) over its epochs; searched: {', '.join(space.keys())}.", "",
+            "\n".join(lines), ""]
     best = rows[0]
     best_config = Path(best["path"]) / "run" / "config.yaml"
-    text = [f"# Search {exp.name}: {space.metric} ({space.mode}) over {', '.join(space.keys())}", "", table, ""]
-    if best_config.is_file():
-        recipe = yaml.safe_load(best_config.read_text())
-        recipe["name"] = f"{exp.name}_best"
-        recipe["description"] = f"best trial of search {exp.name}: {space.metric} {_fmt(best[f'best_{space.metric}'])}"
-        (exp / "best_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-        text.append(f"Best trial's config: `{exp / 'best_recipe.yaml'}` (train it with "
-                    f"`timm-tricks train --recipe {exp / 'best_recipe.yaml'} --output DIR`).")
+    if best[key] is not None and best_config.is_file():
+        recipe_data = yaml.safe_load(best_config.read_text())
+        recipe_data["name"] = f"{exp.name}_best"
+        recipe_data["description"] = (f"best trial ({best['trial']}) of search {exp.name} (space {space.name}): "
+                                      f"{space.metric} {_fmt(best[key])}")
+        (exp / "best_recipe.yaml").write_text(yaml.safe_dump(recipe_data, sort_keys=False))
+        text += [f"Best: trial {best['trial']}, {space.metric} {_fmt(best[key])}. Its config: "
+                 f"`{exp / 'best_recipe.yaml'}` (train it with `timm-tricks train --recipe "
+                 f"{exp / 'best_recipe.yaml'} --output DIR`).", ""]
+    plots = _plots(results, space, rows, exp)
+    text += [f"![{title}]({name})" for name, title in plots]
     (exp / "report.md").write_text("\n".join(text) + "\n")
-    _plots(results, space, rows, exp)
     print("\n".join(text))
     return rows
 
@@ -198,36 +257,41 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Path) -> list[tuple[str, str]]:
+    """The report's plots: the metric against each searched numeric key, and the learning curves; returns
+    ``(file name, title)`` of each."""
+    from .report_plots import learning_curves, metric_against
 
     key = f"best_{space.metric}"
+    dims = {d.key: d for d in space.dimensions}
+    kinds = {d.key: d.kind for d in space.dimensions}
+    made = []
     for dim in space.keys():
-        points = [(r[dim], r[key]) for r in rows if r[key] is not None and isinstance(r[dim], (int, float))]
+        points = [(r[dim], r[key], r["trial"], r["status"]) for r in rows
+                  if r[key] is not None and isinstance(r[dim], (int, float)) and not isinstance(r[dim], bool)]
         if not points:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.scatter(*zip(*points, strict=True))
-        if dim == "optim.lr":
-            ax.set_xscale("log")
-        ax.set_xlabel(dim)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(exp / f"metric_vs_{dim.replace('.', '_')}.png", dpi=90)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
+        name = f"metric_vs_{dim.replace('.', '_')}.png"
+        title = f"best {space.metric} of each trial against {dim}"
+        metric_against(points, dim, f"best {space.metric} ({space.mode})", exp / name, title=title,
+                       log=kinds.get(dim) == "loguniform", bounds=_bounds(dims[dim]))
+        made.append((name, title))
+    status = {r["trial"]: r["status"] for r in rows}
+    curves = []
     for r in results:
         df = r.metrics_dataframe
         if df is not None and space.metric in df and "epoch" in df:
-            ax.plot(df["epoch"], df[space.metric], marker="o", alpha=0.7)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(space.metric)
-    ax.set_title(f"learning curves of the trials of {exp.name}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(exp / "learning_curves.png", dpi=90)
-    plt.close(fig)
+            number = _number(r)
+            curves.append((number, describe({k.rpartition(".")[2]: r.config.get(k) for k in space.keys()}),
+                           status.get(number, ""), list(df["epoch"]), list(df[space.metric])))
+    title = f"{space.metric} of each trial per epoch ({exp.name})"
+    learning_curves(curves, space.metric, exp / "learning_curves.png", title=title)
+    made.insert(0, ("learning_curves.png", title))
+    return made
+
+
+def _bounds(dim: Any) -> tuple[float, float] | None:
+    """The range a dimension searches (a ``randint``'s upper bound excluded), for the plots' axes."""
+    values = dim.values_to_check()
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return (min(numbers), max(numbers)) if len(numbers) >= 2 else None
