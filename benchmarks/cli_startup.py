@@ -38,6 +38,7 @@ def commands() -> dict[str, list[str]]:
         "timm-tricks --help": [*cli(), "--help"],
         "timm-tricks recipes": [*cli(), "recipes"],
         "timm-tricks recipes show bag_of_tricks": [*cli(), "recipes", "show", "bag_of_tricks"],
+        "timm-tricks keys": [*cli(), "keys"],
         'python -c "import timm"': [sys.executable, "-c", "import timm"],
     }
 

@@ -1,8 +1,9 @@
 """The package's import structure: no cycles, and a light import for the command line.
 
-``import timm_tricks`` must not load torch or timm (the command line's ``--help``, ``recipes`` and ``recipes show``
-answer without them), yet ``timm.create_model('resnet50d_tricks')`` must work right after it, whichever of timm and
-timm_tricks is imported first. Each check runs in a fresh interpreter, since this one has imported both already.
+``import timm_tricks`` must not load torch or timm (the command line's ``--help``, ``recipes``, ``recipes show`` and
+``keys`` answer without them), yet ``timm.create_model('resnet50d_tricks')`` must work right after it, whichever of
+timm and timm_tricks is imported first. Each check runs in a fresh interpreter, since this one has imported both
+already.
 """
 
 import ast
@@ -106,7 +107,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["recipes"], ["recipes", "show", "bag_of_tricks"], ["ablate", "--list"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["recipes"], ["recipes", "show", "bag_of_tricks"],
+                                  ["recipes", "show", "digits", "--all"], ["keys"], ["keys", "optim"],
+                                  ["ablate", "--list"], ["tune", "--help"]])
 def test_the_light_commands_import_neither_torch_nor_timm(argv):
     proc = _run(f"""
 import contextlib, io, sys

@@ -97,8 +97,8 @@ class OptimConfig:
     lr: float = option(0.1, gt=0.0, doc="peak learning rate at base_batch_size")
     base_batch_size: int = option(256, ge=1, doc="batch that lr refers to (linear scaling rule)")
     linear_scaling: bool = option(False, doc="lr x global batch / base_batch_size (BoT Sec. 3.1)")
-    momentum: float = option(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = option(1e-4, ge=0.0)
+    momentum: float = option(0.9, ge=0.0, lt=1.0, doc="momentum of the SGD optimizers (sgd, momentum)")
+    weight_decay: float = option(1e-4, ge=0.0, doc="L2 weight decay (see no_bias_decay for what it applies to)")
     no_bias_decay: bool = option(False, doc="no weight decay on biases and BN gamma/beta (BoT Sec. 3.1)")
     bn_bias_lr_mult: float = option(1.0, gt=0.0, doc="learning-rate multiplier of BN biases (Myrtle: 64)")
     bn_bias_wd_mult: float = option(1.0, ge=0.0, doc="weight-decay multiplier of BN biases (Myrtle: 1/64)")
@@ -108,12 +108,12 @@ class OptimConfig:
 class ScheduleConfig:
     """Per-iteration learning-rate schedule (timm_tricks.schedule)."""
 
-    name: str = option("cosine", choices=SCHEDULES)
+    name: str = option("cosine", choices=SCHEDULES, doc="the learning rate's shape after the warmup")
     warmup_epochs: float = option(0.0, ge=0.0, doc="linear warmup from 0 (BoT Sec. 3.1)")
     milestones: list[float] = option([30, 60, 90], doc="step: epochs at which lr is multiplied by gamma")
-    gamma: float = option(0.1, gt=0.0, le=1.0)
+    gamma: float = option(0.1, gt=0.0, le=1.0, doc="step: factor applied at each milestone")
     decay_rate: float = option(0.94, gt=0.0, le=1.0, doc="exponential: factor every decay_every epochs")
-    decay_every: float = option(2.0, gt=0.0)
+    decay_every: float = option(2.0, gt=0.0, doc="exponential: epochs between decays (a staircase)")
     min_lr: float = option(0.0, ge=0.0, doc="cosine floor / linear end value (absolute lr)")
     knots: list[list[float]] = option([], doc="piecewise: [epoch, multiplier of lr] pairs")
     rescale_epochs: bool = option(False, doc="scale warmup and knots by epochs / reference_epochs (Myrtle)")
@@ -124,7 +124,7 @@ class ScheduleConfig:
 class LossConfig:
     """Classification loss: cross-entropy with optional label smoothing (BoT Sec. 5.2)."""
 
-    label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = option(0.0, ge=0.0, lt=1.0, doc="eps of label smoothing (BoT Sec. 5.5: 0.1); 0 disables")
     smoothing_form: str = option("paper", choices=SMOOTHING_FORMS,
                              doc="paper: 1-eps and eps/(K-1); uniform: torch's eps/K everywhere")
 
@@ -157,7 +157,7 @@ class EmaConfig:
     ``rho = momentum ** update_freq = 0.99 ** 5``: 0.99 per step.
     """
 
-    enabled: bool = option(False)
+    enabled: bool = option(False, doc="keep an EMA of the weights; each epoch also evaluates it (ema_* metrics)")
     decay: float = option(0.9998, gt=0.0, lt=1.0, doc="decay per update (every every_steps steps)")
     every_steps: int = option(1, ge=1, doc="optimizer steps between EMA updates (Myrtle: 5)")
 
@@ -178,16 +178,16 @@ class EvalConfig:
 class TrainConfig:
     """Run-level switches read by the trainer."""
 
-    epochs: int = option(120, ge=1)
+    epochs: int = option(120, ge=1, doc="epochs of the run; the schedule spans them")
     precision: str = option("no", choices=PRECISIONS, doc="mixed precision (BoT Sec. 3.2: FP16)")
     seed: int = option(0, ge=0, le=(1 << 63) - 1, doc="seeds every draw with (seed, epoch, step, process); 63 bits")
-    grad_accum_steps: int = option(1, ge=1)
-    clip_grad: float | None = option(None, gt=0.0)
-    channels_last: bool = option(False)
-    compile: bool = option(False)
-    sync_bn: bool = option(False)
-    checkpoint_every_steps: int | None = option(None, ge=1)
-    keep_checkpoints: int = option(2, ge=1)
+    grad_accum_steps: int = option(1, ge=1, doc="micro-batches per optimizer step (the global batch splits over them)")
+    clip_grad: float | None = option(None, gt=0.0, doc="clip the gradient norm to this; null: no clipping")
+    channels_last: bool = option(False, doc="channels-last memory layout (faster convolutions on recent GPUs)")
+    compile: bool = option(False, doc="torch.compile the model")
+    sync_bn: bool = option(False, doc="synchronise BN statistics over the processes of a multi-process run")
+    checkpoint_every_steps: int | None = option(None, ge=1, doc="also checkpoint every N steps; null: each epoch's end")
+    keep_checkpoints: int = option(2, ge=1, doc="newest checkpoints kept (the best one is kept besides)")
     best_metric: str = option("eval_top1", choices=METRICS,
                               doc="the epoch metric that picks checkpoints/best.txt (losses: lower is better)")
 
@@ -196,9 +196,9 @@ class TrainConfig:
 class Config:
     """A whole training setup. ``name``, ``description`` and ``source`` document where the numbers come from."""
 
-    name: str = option("custom")
-    description: str = option("")
-    source: str = option("")
+    name: str = option("custom", doc="the recipe's name")
+    description: str = option("", doc="one line: what the recipe trains")
+    source: str = option("", doc="where its numbers come from (paper, section, table)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
