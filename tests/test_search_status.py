@@ -54,14 +54,20 @@ def test_a_line_for_each_event_and_the_status_counts_the_trials(tmp_path):
     two.status, two.last_result = "TERMINATED", {"epoch": 1, "eval_top1": 10.0}
     watch.completed(two)
     error = tmp_path / "error.txt"
-    error.write_text("Failure # 1 (occurred at 2026-01-01)\nTraceback ...\n  File x\nRuntimeError: boom at step 3\n")
+    error.write_text("Failure # 1 (occurred at 2026-01-01)\nray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
+                     "Traceback ...\n  File x\nbuiltins.RuntimeError: boom at step 3\n\n")
     three = _trial(3, epoch=2, failures=1, error_file=str(error))
     watch.recovered(three)
+    watch.started(three)
     three.num_failures, three.status = 3, "ERROR"
     watch.errored(three)
     four = _trial(4, status="TERMINATED", epoch=4)
     four.last_result["eval_top1"] = 97.5
     watch.completed(four)
+    lost = tmp_path / "lost.txt"
+    lost.write_text("Failure # 1 (occurred at 2026-01-01)\nThe actor died unexpectedly before finishing this task.\n"
+                    "\tclass_name: ImplicitFunc\nThe actor is dead because its worker process has died.\n")
+    watch.recovered(_trial(5, failures=1, error_file=str(lost)))
     watch.trials = [one, two, three, four]
     assert _lines(stream) == [
         "search s: 5 trial(s) to run",
@@ -70,8 +76,10 @@ def test_a_line_for_each_event_and_the_status_counts_the_trials(tmp_path):
         "trial 2 epoch 1/4: eval_top1 10 (best 41.25)",
         "trial 2 stopped by ASHA after epoch 1/4 at its epoch-1 rung (rungs at epochs 1, 3): eval_top1 10",
         "trial 3 crashed (RuntimeError: boom at step 3); retry 1 of 2 from its checkpoint of epoch 2",
+        "trial 3 restarted (retry 1)",
         "trial 3 failed after 2 retries (RuntimeError: boom at step 3); log: /runs/s/trial_3/error.txt",
         "trial 4 finished: 4 epoch(s): eval_top1 97.5",
+        "trial 5 crashed (The actor died unexpectedly before finishing this task.); retry 1 of 2 from the start",
     ]
     # one running, one not yet created (5 to run), one stopped by ASHA, one finished, one failed
     assert watch.status_line() == "search s: 1 running, 1 pending, 1 stopped, 1 finished, 1 failed; best eval_top1 " \

@@ -41,7 +41,8 @@ def test_search_writes_report_and_a_trainable_best_recipe(tmp_path):
                   "--name", "s1", "--max-concurrent", "1", *[a for o in TINY for a in ("--set", o)]], tmp_path)
     exp = storage / "s1"
     rows = list(csv.DictReader(open(exp / "trials.csv")))
-    assert len(rows) == 5 and all(r["status"] == "TERMINATED" for r in rows)
+    assert len(rows) == 5
+    assert all(r["status"] == ("completed" if r["epochs"] == "3" else f"stopped at epoch {r['epochs']}") for r in rows)
     epochs = {int(r["schedule.warmup_epochs"]): [] for r in rows}
     for r in rows:
         epochs[int(r["schedule.warmup_epochs"])].append(int(r["epochs"]))
@@ -50,6 +51,23 @@ def test_search_writes_report_and_a_trainable_best_recipe(tmp_path):
     scores = [float(r["best_eval_loss"]) for r in rows]
     assert scores == sorted(scores)  # the best (lowest) first
     assert "| optim.lr |" in proc.stdout and (exp / "report.md").is_file()
+    report = (exp / "report.md").read_text()
+    assert report.startswith(f"# Search report: space `space` on recipe `digits`\n\nExperiment `{exp}`: 5 trial(s) (")
+    assert "| stopped at epoch 1 |" in report and "| completed |" in report
+    # what it printed while it ran: each trial's epochs, ASHA's stops with the rung, a status line
+    err = proc.stderr
+    for r in rows:
+        n = r["trial"]
+        for epoch in range(1, int(r["epochs"]) + 1):
+            line = rf"^\[\d+:\d\d\] trial {n} epoch {epoch}/3 \([\d.]+ s\): eval_loss [\d.]+ \(best [\d.]+\)$"
+            assert re.search(line, err, re.M), (n, epoch, err[-3000:])
+        if r["epochs"] == "1":
+            assert re.search(rf"^\[\d+:\d\d\] trial {n} stopped by ASHA after epoch 1/3 at its epoch-1 rung \(rungs "
+                             rf"at epochs 1, 3\): eval_loss [\d.]+$", err, re.M), err[-3000:]
+        else:
+            assert re.search(rf"^\[\d+:\d\d\] trial {n} finished: 3 epoch\(s\): eval_loss [\d.]+$", err, re.M)
+    assert re.search(r"^\[\d+:\d\d\] search s1: 0 running, 0 pending, \d stopped, \d finished; best eval_loss "
+                     rf"{float(rows[0]['best_eval_loss']):.4g} \(trial {rows[0]['trial']}, epoch \d\)$", err, re.M)
     best = load_config(exp / "best_recipe.yaml")
     assert best.optim.lr == pytest.approx(float(rows[0]["optim.lr"]))
     assert best.model.name == "resnet18d_tricks" and best.data.image_size == 16
@@ -118,11 +136,59 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert marker.exists()
     (row,) = list(csv.DictReader(open(storage / "retry" / "trials.csv")))
-    assert row["status"] == "TERMINATED" and row["epochs"] == "3"
+    assert row["status"] == "completed" and row["epochs"] == "3"
+    # the crash and the retry, each one line
+    crashed = r"^\[\d+:\d\d\] trial 1 crashed \(The actor died unexpectedly before finishing this task.\); "
+    assert re.search(crashed + r"retry 1 of 2 from its checkpoint of epoch 1$", proc.stderr, re.M), proc.stderr[-3000:]
+    assert re.search(r"^\[\d+:\d\d\] trial 1 restarted \(retry 1\)$", proc.stderr, re.M)
+    assert re.search(r"^\[\d+:\d\d\] trial 1 finished: 3 epoch\(s\)", proc.stderr, re.M)
     trial = storage / "retry" / row["path"].rsplit("/", 1)[-1]
     summary = list(csv.DictReader(open(trial / "run" / "summary.csv")))
     assert [r["epoch"] for r in summary] == ["0", "1", "2"]  # epoch 1 trained again from the epoch-0 checkpoint
     assert (trial / "error.txt").exists()
+
+
+# A search whose one trial raises at its third optimizer step, every time: one retry, then it fails for good.
+FAILING_SEARCH = """
+import sys
+
+from timm_tricks.experiment import ClusterOptions
+from timm_tricks.tune import SearchOptions, run_search
+from timm_tricks.tune_space import load_space
+
+space, storage, *overrides = sys.argv[1:]
+
+
+def fail(state):
+    if state.global_step == 3:
+        raise RuntimeError("boom at step 3")
+
+
+run_search(load_space(space), "digits", overrides=overrides, cluster=ClusterOptions(storage=storage, max_failures=1),
+           options=SearchOptions(num_samples=1, scheduler="fifo", name="fails"), step_callback=fail)
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_that_keeps_failing_is_retried_then_reported_as_an_error(tmp_path):
+    storage = tmp_path / "results"
+    space = tmp_path / "one.yaml"
+    space.write_text("recipe: digits\nspace:\n  optim.lr: {choice: [0.1]}\n")
+    script = tmp_path / "failing_search.py"
+    script.write_text(FAILING_SEARCH)
+    proc = subprocess.run([sys.executable, str(script), str(space), str(storage), "train.epochs=1", *TINY],
+                          capture_output=True, text=True, env=dict(os.environ, HOME=str(tmp_path)), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert re.search(r"^\[\d+:\d\d\] trial 1 crashed \(RuntimeError: boom at step 3\); retry 1 of 1 from the start$",
+                     proc.stderr, re.M), proc.stderr[-3000:]
+    (line,) = re.findall(r"^\[\d+:\d\d\] trial 1 failed after 1 retry \(RuntimeError: boom at step 3\); log: (.+)$",
+                         proc.stderr, re.M)
+    assert line.startswith(str(storage / "fails" / "trial_fn_")) and line.endswith("/error.txt")
+    assert "boom at step 3" in open(line).read()
+    (row,) = list(csv.DictReader(open(storage / "fails" / "trials.csv")))
+    assert (row["trial"], row["status"], row["epochs"], row["best_eval_top1"]) == ("1", "error", "0", "")
+    assert not (storage / "fails" / "best_recipe.yaml").exists()  # no trial to recommend
+    assert "(1 failed)" in (storage / "fails" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -132,7 +198,7 @@ def test_pbt_exploits_and_mutates(tmp_path):
            "--name", "pbt", *[a for o in TINY for a in ("--set", o)]], tmp_path)
     exp = storage / "pbt"
     rows = list(csv.DictReader(open(exp / "trials.csv")))
-    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
     policies = list(exp.glob("pbt_policy_*.txt"))
     assert policies, "no trial was perturbed"
     # each policy line records [old tag, new tag, old iteration, new iteration, old config, new config]
@@ -181,9 +247,11 @@ def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_tri
     epochs_4 = args[:5] + ["4"] + args[6:]  # --epochs 4 instead of 3
     other = _tune([*epochs_4, "--resume"], tmp_path, check=False)
     assert other.returncode == 2 and "these differ: updates" in other.stderr  # refused, nothing touched
-    _tune([*args, "--resume"], tmp_path)
+    resumed = _tune([*args, "--resume"], tmp_path)
     rows = list(csv.DictReader(open(exp / "trials.csv")))
-    assert len(rows) == 3 and all(r["status"] == "TERMINATED" and r["epochs"] == "3" for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "completed" and r["epochs"] == "3" for r in rows)
+    # the restored experiment prints this run's status lines (not the first run's pickled callback's)
+    assert re.search(r"^\[\d+:\d\d\] trial 3 epoch 3/3 ", resumed.stderr, re.M), resumed.stderr[-3000:]
     assert len({r["optim.lr"] for r in rows}) == 3
     assert len(list(exp.glob("trial_fn_*"))) == 3  # no trial started twice
     for trial in exp.glob("trial_fn_*"):
@@ -201,7 +269,7 @@ def test_a_trial_with_two_workers_runs_as_a_ray_train_run(tmp_path):
            str(storage), "--name", "w2", "--workers-per-trial", "2", "--cpus-per-trial", "1",
            *[a for o in TINY for a in ("--set", o)]], tmp_path)
     (row,) = list(csv.DictReader(open(storage / "w2" / "trials.csv")))
-    assert row["status"] == "TERMINATED" and row["epochs"] == "2"
+    assert row["status"] == "completed" and row["epochs"] == "2"
     trial = storage / "w2" / row["path"].rsplit("/", 1)[-1]
     ckpt = max((trial / "run" / "checkpoints").glob("ckpt-*"))
     # two processes (the checkpoint keeps each one's running loss) at 64 images each: 1438 // 128 = 11 steps an epoch

@@ -22,6 +22,7 @@ This module imports Ray only inside :meth:`SearchWatch.callback`, so ``ablate --
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
@@ -214,6 +215,9 @@ class SearchWatch:
         self.phase("finishing")
 
     def started(self, trial: Any) -> None:
+        if trial.num_failures:
+            self.say(f"{self.name(trial)} restarted (retry {trial.num_failures})")
+            return
         values = describe(trial.config)
         self.say(f"{self.name(trial)} started" + (f": {values}" if values else ""))
 
@@ -269,15 +273,21 @@ class SearchWatch:
         return _callback_class()(self)
 
 
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b.*)$")
+
+
 def _error_line(trial: Any) -> str:
-    """The last line of the trial's error file (Tune writes the traceback; its last line names the exception)."""
+    """The trial's error in one line: the last ``SomeError: message`` line of its error file (Tune writes the
+    traceback there), without the exception's module; else the message's first line (a lost worker process:
+    ``The actor died unexpectedly ...``)."""
     path = getattr(trial, "error_file", None)
     try:
         lines = [line.strip() for line in open(path).read().splitlines() if line.strip()] if path else []
     except OSError:
         lines = []
-    lines = [line for line in lines if not line.startswith("Failure #")]
-    text = lines[-1] if lines else "no error message"
+    lines = [line for line in lines if not line.startswith("Failure # ")]
+    named = [m.group(1) for line in lines if (m := _EXCEPTION.match(line))]
+    text = named[-1] if named else lines[0] if lines else "no error message"
     return text if len(text) <= 160 else text[:157] + "..."
 
 

@@ -10,6 +10,7 @@ the Tune run, retries and ``--resume`` are the Ray runtime's (:mod:`timm_tricks.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
         epochs = base_cfg.train.epochs
         watch.budget = lambda config: int(config.get("train.epochs", epochs))
         how = _how(options)
-        watch.say(f"search {name}: {options.num_samples} trial(s) of up to {epochs} epochs of recipe {recipe}, "
+        watch.say(f"search {name}: {options.num_samples} trial(s) of up to {epochs} epoch(s) of recipe {recipe}, "
                   f"{how}, by {space.metric} ({space.mode}); in {exp}")
         recorded = dict(space=space.name, dimensions={d.key: [d.kind, *d.args] for d in space.dimensions},
                         recipe=str(recipe), overrides=list(overrides), updates=updates,
@@ -186,8 +187,9 @@ def trial_table(results: Any, space: SearchSpace, epochs: int | None = None) -> 
         if df is not None and metric in df:
             series = df[metric].dropna()
             best = (series.max() if space.mode == "max" else series.min()) if len(series) else None
-        budget = r.config.get("train.epochs", epochs)
-        rows.append({"trial": _number(r), **{k: r.config.get(k) for k in space.keys()},
+        config = r.config or {}
+        budget = config.get("train.epochs", epochs)
+        rows.append({"trial": _number(r), **{k: config.get(k) for k in space.keys()},
                      f"best_{metric}": None if best is None else float(best),
                      **result_summary(r, None if budget is None else int(budget))})
     key = f"best_{space.metric}"
@@ -197,11 +199,16 @@ def trial_table(results: Any, space: SearchSpace, epochs: int | None = None) -> 
 
 
 def _number(result: Any) -> str:
-    """A result's trial number (the one in its folder's name and in the status lines)."""
+    """A result's trial number, as in its folder's name and in the status lines (from the folder's name when the
+    trial failed before it reported)."""
     from .search_status import trial_number
 
     metrics = result.metrics or {}
-    return trial_number(metrics.get("experiment_tag"), str(metrics.get("trial_id", Path(result.path).name)))
+    if metrics.get("experiment_tag"):
+        return trial_number(metrics["experiment_tag"], "")
+    name = Path(result.path).name  # trial_fn_<id>_<number>_<values>_<date>; ids: 8 hex, or 5 hex _ 5 digits
+    match = re.match(r"trial_fn_[0-9a-f]{5,8}(?:_\d{5})?_(\d+)(?:_|$)", name)
+    return match.group(1) if match else str(metrics.get("trial_id", name))
 
 
 def write_report(results: Any, space: SearchSpace, exp: Path, *, epochs: int | None = None, recipe: str | None = None,
@@ -282,7 +289,7 @@ def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Pa
         df = r.metrics_dataframe
         if df is not None and space.metric in df and "epoch" in df:
             number = _number(r)
-            curves.append((number, describe({k.rpartition(".")[2]: r.config.get(k) for k in space.keys()}),
+            curves.append((number, describe({k.rpartition(".")[2]: (r.config or {}).get(k) for k in space.keys()}),
                            status.get(number, ""), list(df["epoch"]), list(df[space.metric])))
     title = f"{space.metric} of each trial per epoch ({exp.name})"
     learning_curves(curves, space.metric, exp / "learning_curves.png", title=title)
