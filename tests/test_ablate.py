@@ -104,7 +104,8 @@ def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
     ran = ["baseline", "+ linear scaling and warmup", "+ zero gamma", "+ no bias decay", "+ cosine",
            "+ label smoothing", "+ distillation", "+ mixup"]
     assert [r["rung"] for r in runs] == [name for name in ran for _ in range(2)]
-    assert all(r["status"] == "TERMINATED" and r["epochs"] == "1" for r in runs)
+    assert all(r["status"] == "completed" and r["epochs"] == "1" for r in runs)
+    assert (exp / "ablation.md").read_text().startswith("# Ablation of the `bag_of_tricks` ladder (`tiny`)\n")
     table = _table((exp / "ablation.md").read_text())
     assert list(table) == ran[:4] + ["+ FP16", "+ ResNet-D"] + ran[4:]
     assert table["+ FP16"][0] == "skipped: needs a GPU (--gpus-per-trial)"
@@ -130,5 +131,15 @@ def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
     assert cfg["distill"]["teacher"] == "resnet18d_tricks"
     assert cfg["distill"]["checkpoint"] == str(teacher_run / "model.safetensors")
     assert (teacher_run / "model.safetensors").is_file()
+    # what it printed while it ran: the teacher, then each rung and seed by name
+    err = proc.stderr
+    assert re.search(r"^\[\d+:\d\d\] bag_of_tricks ablation 'tiny': 8 of 10 rungs x 2 seed\(s\), after its "
+                     r"teacher, by eval_top1; in ", err, re.M), err[-3000:]
+    assert re.search(r"^\[\d+:\d\d\] the teacher finished: 1 epoch\(s\): eval_top1 [\d.]+$", err, re.M)
+    assert re.search(r"^\[\d+:\d\d\] bag_of_tricks ablation 'tiny': 16 trial\(s\) to run$", err, re.M)
+    for name in ran:
+        for seed in (0, 1):
+            assert re.search(rf"^\[\d+:\d\d\] {re.escape(name)} \(seed {seed}\) finished: 1 epoch\(s\): eval_top1 "
+                             r"[\d.]+$", err, re.M), (name, seed)
     # every rung is a recipe of its own
     assert load_config(exp / "rungs" / "09_mixup.yaml").mixup.alpha == 0.2

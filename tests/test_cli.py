@@ -158,6 +158,8 @@ def test_console_script_and_module_entry_points():
     (["tune", "--space", "digits", "--gpus-per-trial", "3", "--workers-per-trial", "2"], "does not split"),
     (["tune", "--space", "digits", "--epochs", "4", "--grace-period", "5"], "longer than the 4 epochs"),
     (["tune", "--space", "digits", "--cpus-per-trial", "64"], "lower --cpus-per-trial"),
+    (["tune", "--space", "digits", "--status-every", "0"], "--status-every must be a positive number of seconds"),
+    (["ablate", "--ladder", "bag_of_tricks", "--quiet", "--status-every", "-1"], "--status-every must be a positive"),
 ])
 def test_search_and_ablation_mistakes_exit_2_before_ray_starts(tmp_path, capsys, argv, message):
     assert main([*argv, "--storage", str(tmp_path / "r")] if "--storage" not in argv and argv[1:] else argv) == 2

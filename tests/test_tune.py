@@ -66,7 +66,7 @@ def test_search_writes_report_and_a_trainable_best_recipe(tmp_path):
                              rf"at epochs 1, 3\): eval_loss [\d.]+$", err, re.M), err[-3000:]
         else:
             assert re.search(rf"^\[\d+:\d\d\] trial {n} finished: 3 epoch\(s\): eval_loss [\d.]+$", err, re.M)
-    assert re.search(r"^\[\d+:\d\d\] search s1: 0 running, 0 pending, \d stopped, \d finished; best eval_loss "
+    assert re.search(r"^\[\d+:\d\d\] space search 's1': 0 running, 0 pending, \d stopped, \d finished; best eval_loss "
                      rf"{float(rows[0]['best_eval_loss']):.4g} \(trial {rows[0]['trial']}, epoch \d\)$", err, re.M)
     best = load_config(exp / "best_recipe.yaml")
     assert best.optim.lr == pytest.approx(float(rows[0]["optim.lr"]))

@@ -80,7 +80,8 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
     """
     options, cluster, updates = options or AblationOptions(), cluster or ClusterOptions(), updates or {}
     name = options.name or ladder.name
-    with SearchWatch(f"ablation {name}", ladder.metric, ladder.mode, options.status) as watch:
+    title = f"{ladder.name} ablation" + ("" if name == ladder.name else f" {name!r}")
+    with SearchWatch(title, ladder.metric, ladder.mode, options.status) as watch:
         watch.phase("planning the rungs")
         exp = _ablate(ladder, overrides, updates, options, cluster, step_callback, watch)
         watch.say(f"done: {exp / 'ablation.md'}")
@@ -107,7 +108,7 @@ def _ablate(ladder: Ladder, overrides: list[str], updates: dict, options: Ablati
     watch.name = lambda trial: f"{names[trial.config['rung']]} (seed {trial.config.get('train.seed', 0)})" \
         if trial.config.get("rung") in names else "the teacher"
     ran = sum(p.config is not None for p in plan)
-    watch.say(f"ablation {exp.name}: ladder {ladder.name}, {ran} of {len(plan)} rungs x {options.seeds} seed(s)"
+    watch.say(f"{watch.title}: {ran} of {len(plan)} rungs x {options.seeds} seed(s)"
               f"{', after its teacher' if teacher is not None else ''}, by {ladder.metric}; in {exp}")
     watch.phase("starting Ray", f"joining the Ray cluster at {cluster.address}" if cluster.address else
                 "starting Ray on this machine")

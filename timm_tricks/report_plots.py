@@ -117,12 +117,12 @@ def learning_curves(curves: Sequence[Curve], metric: str, path: Path, *, title: 
 
 def bar_chart(rows: Sequence[dict[str, Any]], metric: str, path: Path, *, title: str) -> None:
     """An ablation's rungs as bars: the mean of ``metric`` over the seeds with one standard deviation as error
-    bars, each bar labelled with its mean and its run count; rungs that did not run are left out."""
+    bars, each bar labelled with its mean and its run count; the rungs that did not run are named below."""
     plt = _pyplot()
     shown = [r for r in rows if r["mean"] is not None]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 2), 4.5))
     bars = ax.bar(range(len(shown)), [r["mean"] for r in shown], yerr=[r["std"] or 0.0 for r in shown], capsize=4,
-                  color="tab:blue", alpha=0.8, label=f"{metric}: mean over the seeds, +- 1 std")
+                  color="tab:blue", alpha=0.8)
     for bar, r in zip(bars, shown, strict=True):
         top = (bar.get_x() + bar.get_width() / 2, r["mean"] + (r["std"] or 0.0))
         ax.annotate(f"{r['mean']:.2f} (n={r['runs']})", top, textcoords="offset points", xytext=(0, 3), ha="center",
@@ -132,10 +132,12 @@ def bar_chart(rows: Sequence[dict[str, Any]], metric: str, path: Path, *, title:
     high = max(r["mean"] + (r["std"] or 0.0) for r in shown) if shown else 1.0
     pad = 0.15 * (high - low) + 0.5
     ax.set_ylim(max(0.0, low - pad), high + pad)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric}: mean over the seeds, ± 1 std")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    skipped = [f"{r['rung']} ({r['skipped']})" for r in rows if r["mean"] is None]
+    if skipped:
+        fig.text(0.01, 0.01, "not run: " + "; ".join(skipped), fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if skipped else 0, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

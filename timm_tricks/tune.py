@@ -121,7 +121,8 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
     """
     options, cluster, updates = options or SearchOptions(), cluster or ClusterOptions(), updates or {}
     name = options.name or space.name
-    with SearchWatch(f"search {name}", space.metric, space.mode, options.status) as watch:
+    title = f"{space.name} search" + ("" if name == space.name else f" {name!r}")  # not "search search"
+    with SearchWatch(title, space.metric, space.mode, options.status) as watch:
         watch.phase("checking the space against the recipe")
         base_cfg = load_config(recipe, list(overrides), updates)  # fail early on a bad recipe or override
         if options.scheduler == "asha" and options.grace_period > base_cfg.train.epochs:
@@ -138,7 +139,7 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
         epochs = base_cfg.train.epochs
         watch.budget = lambda config: int(config.get("train.epochs", epochs))
         how = _how(options)
-        watch.say(f"search {name}: {options.num_samples} trial(s) of up to {epochs} epoch(s) of recipe {recipe}, "
+        watch.say(f"{title}: {options.num_samples} trial(s) of up to {epochs} epoch(s) of recipe {recipe}, "
                   f"{how}, by {space.metric} ({space.mode}); in {exp}")
         recorded = dict(space=space.name, dimensions={d.key: [d.kind, *d.args] for d in space.dimensions},
                         recipe=str(recipe), overrides=list(overrides), updates=updates,
