@@ -46,10 +46,10 @@ def readable_log_axis(axis: Any, low: float, high: float) -> None:
 
 
 def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *, title: str, log: bool,
-                   bounds: tuple[float, float] | None = None) -> None:
+                   bounds: tuple[float, float] | None = None, ticks: Sequence[float] | None = None) -> None:
     """A scatter of each trial's metric against its value of ``key`` (log x for a loguniform key) over the
-    searched range ``bounds``, each point marked with its trial number, trials stopped early apart from the
-    completed ones."""
+    searched range ``bounds`` (ticks at a ``choice``'s values), each point marked with its trial number (trials
+    at the same point share one label), trials stopped early apart from the completed ones."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     groups = {"completed": ("o", "tab:blue"), "stopped early": ("v", "tab:orange")}
@@ -57,8 +57,11 @@ def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *
         mine = [p for p in points if (p[3] == "completed") == (label == "completed")]
         if mine:
             ax.scatter([p[0] for p in mine], [p[1] for p in mine], marker=marker, color=color, label=label, zorder=3)
+    at: dict[tuple[float, float], list[str]] = {}
     for x, y, number, _ in points:
-        ax.annotate(number, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        at.setdefault((x, y), []).append(number)
+    for (x, y), numbers in at.items():
+        ax.annotate(", ".join(numbers), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     xs = [p[0] for p in points]
     low, high = bounds if bounds and bounds[0] < bounds[1] else (min(xs), max(xs))
     if log:
@@ -70,7 +73,9 @@ def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *
     else:
         if high > low:
             ax.set_xlim(low - 0.04 * (high - low), high + 0.04 * (high - low))
-        if all(float(x).is_integer() for x in (*xs, low, high)):
+        if ticks:
+            ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        elif all(float(x).is_integer() for x in (*xs, low, high)):
             from matplotlib.ticker import MaxNLocator
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

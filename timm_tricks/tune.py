@@ -282,7 +282,8 @@ def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Pa
         name = f"metric_vs_{dim.replace('.', '_')}.png"
         title = f"best {space.metric} of each trial against {dim}"
         metric_against(points, dim, f"best {space.metric} ({space.mode})", exp / name, title=title,
-                       log=kinds.get(dim) == "loguniform", bounds=_bounds(dims[dim]))
+                       log=kinds.get(dim) == "loguniform", bounds=_bounds(dims[dim]),
+                       ticks=_numbers(dims[dim].args) if kinds.get(dim) in ("choice", "grid") else None)
         made.append((name, title))
     status = {r["trial"]: r["status"] for r in rows}
     curves = []
@@ -298,8 +299,11 @@ def _plots(results: Any, space: SearchSpace, rows: list[dict[str, Any]], exp: Pa
     return made
 
 
+def _numbers(values: Any) -> list[float]:
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
 def _bounds(dim: Any) -> tuple[float, float] | None:
     """The range a dimension searches (a ``randint``'s upper bound excluded), for the plots' axes."""
-    values = dim.values_to_check()
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = _numbers(dim.values_to_check())
     return (min(numbers), max(numbers)) if len(numbers) >= 2 else None
