@@ -196,7 +196,7 @@ def show_recipe(name: str, everything: bool = False, check_names: bool = True) -
     out = [f"# {_where(path)}", text.rstrip("\n"), "",
            f"# ---- {what}" + ("" if everything else " (--all for every value)"),
            *([f"# (the recipe and its bases: {' <- '.join(chain)})"] if len(chain) > 1 else []),
-           yaml.safe_dump(nest(shown), sort_keys=False, width=118).rstrip("\n")]
+           yaml.dump(nest(shown), Dumper=_Dumper, sort_keys=False, width=118).rstrip("\n")]
     hidden: dict[str, list[str]] = {}
     for key in candidates:
         if key in inert:
@@ -205,6 +205,15 @@ def show_recipe(name: str, everything: bool = False, check_names: bool = True) -
         out.append("# not shown, as they do nothing in this recipe:")
         out += [f"#   {', '.join(keys)}: {why}" for why, keys in hidden.items()]
     return "\n".join(out) + "\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML in blocks, but lists (of numbers, or of number pairs such as knots) on one line, as recipes write
+    them."""
+
+
+_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=not any(isinstance(v, dict) for v in data)))
 
 
 def _base_chain(name: str | Path) -> list[str]:
