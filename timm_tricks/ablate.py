@@ -82,7 +82,7 @@ def run_ablation(ladder: Ladder, *, overrides: list[str] = (), updates: dict | N
     name = options.name or ladder.name
     title = f"{ladder.name} ablation" + ("" if name == ladder.name else f" {name!r}")
     with SearchWatch(title, ladder.metric, ladder.mode, options.status) as watch:
-        watch.phase("planning the rungs")
+        watch.phase("planning the rungs", f"{title}: planning the rungs")
         exp = _ablate(ladder, overrides, updates, options, cluster, step_callback, watch)
         watch.say(f"done: {exp / 'ablation.md'}")
     return exp

@@ -123,7 +123,7 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
     name = options.name or space.name
     title = f"{space.name} search" + ("" if name == space.name else f" {name!r}")  # not "search search"
     with SearchWatch(title, space.metric, space.mode, options.status) as watch:
-        watch.phase("checking the space against the recipe")
+        watch.phase("checking the space against the recipe", f"{title}: checking the space against recipe {recipe}")
         base_cfg = load_config(recipe, list(overrides), updates)  # fail early on a bad recipe or override
         if options.scheduler == "asha" and options.grace_period > base_cfg.train.epochs:
             raise ConfigError(f"--grace-period {options.grace_period} is longer than the {base_cfg.train.epochs} "
@@ -151,8 +151,11 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
         with experiment_session(exp, recorded, cluster, options.resume):
             searcher = None  # seeded random sampling (fit's default)
             if options.search == "optuna" and options.scheduler != "pbt":
+                import optuna
                 from ray.tune.search.optuna import OptunaSearch
 
+                if not options.status.ray_verbose:  # its "A new study created" line; the watch says what runs
+                    optuna.logging.set_verbosity(optuna.logging.WARNING)
                 searcher = OptunaSearch(seed=options.seed)
             scheduler = _scheduler(options.scheduler, space, epochs, options.grace_period, options.reduction_factor)
             status = watch.callback(scheduler, SCHEDULER_NAMES[options.scheduler].split(" ")[0])
