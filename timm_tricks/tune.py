@@ -135,11 +135,16 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
             searcher = OptunaSearch(seed=options.seed)
         scheduler = _scheduler(options.scheduler, space, base_cfg.train.epochs, options.grace_period,
                                options.reduction_factor)
+        from .trial_errors import MistakeWatch  # imports Ray
+
+        watch = MistakeWatch(options.num_samples)
         settings = TunerSettings(metric=space.metric, mode=space.mode, num_samples=options.num_samples,
                                  search_alg=searcher, scheduler=scheduler, seed=options.seed,
-                                 keep_checkpoints=3 if options.scheduler == "pbt" else 1, callbacks=callbacks or ())
+                                 keep_checkpoints=3 if options.scheduler == "pbt" else 1,
+                                 callbacks=[watch, *(callbacks or ())], stop=watch)
         trial = make_trial(recipe, overrides=overrides, updates=updates, cluster=cluster, step_callback=step_callback)
         results = fit(exp, trial, space.to_tune(), cluster=cluster, settings=settings, resume=options.resume)
+        watch.raise_if_stopped()
         write_report(results, space, exp)
     return exp
 
@@ -163,10 +168,17 @@ def trial_table(results: Any, space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def write_report(results: Any, space: SearchSpace, exp: Path) -> list[dict[str, Any]]:
-    """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the table."""
+    """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the table.
+
+    The best trial is the best of those that did not fail. When every trial failed there is none: the report lists
+    the errors, no ``best_recipe.yaml`` is written, and a TrainingError (exit 1) says so."""
+    from .trial_errors import all_failed, error_line
+
     rows = trial_table(results, space)
     if not rows:
         raise ConfigError(f"search {str(exp)!r} has no trials")
+    errors = [error_line(str(r.error)) for r in results if r.error is not None]
+    rows.sort(key=lambda row: row["status"] == "ERROR")  # stable: the best trial that did not fail comes first
     columns = [c for c in rows[0] if c != "path"]
     with open(exp / "trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns + ["path"])
@@ -179,6 +191,12 @@ def write_report(results: Any, space: SearchSpace, exp: Path) -> list[dict[str, 
     best = rows[0]
     best_config = Path(best["path"]) / "run" / "config.yaml"
     text = [f"# Search {exp.name}: {space.metric} ({space.mode}) over {', '.join(space.keys())}", "", table, ""]
+    (exp / "best_recipe.yaml").unlink(missing_ok=True)  # a resumed search's old best is no longer the word
+    if len(errors) == len(rows):
+        text += ["Every trial failed; there is no best trial. Their errors:", ""] + [f"- {e}" for e in errors]
+        (exp / "report.md").write_text("\n".join(text) + "\n")
+        print("\n".join(text))
+        raise all_failed(errors, str(exp / "report.md"))
     if best_config.is_file():
         recipe = yaml.safe_load(best_config.read_text())
         recipe["name"] = f"{exp.name}_best"
