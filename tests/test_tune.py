@@ -177,6 +177,13 @@ def test_a_search_whose_driver_is_killed_resumes_without_losing_or_repeating_tri
     (first,) = exp.glob("trial_fn_*_1_*")
     finished = (first / "run" / "metrics.json").stat().st_mtime_ns
     assert not (exp / "trials.csv").exists()
+    # The kill may land while Tune deletes an old checkpoint: leave trial 2's snapshot checkpoints as such a kill
+    # does, holding only their COMPLETE marker. The resume must not adopt them, and continues from the trial's own.
+    (second,) = exp.glob("trial_fn_*_2_*")
+    half_deleted = [f for ckpt in second.glob("checkpoint_*") for f in ckpt.iterdir() if f.name != "COMPLETE"]
+    assert half_deleted and (second / "run" / "checkpoints").is_dir()
+    for f in half_deleted:
+        f.unlink()
 
     epochs_4 = args[:5] + ["4"] + args[6:]  # --epochs 4 instead of 3
     other = _tune([*epochs_4, "--resume"], tmp_path, check=False)
