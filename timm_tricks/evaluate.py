@@ -53,8 +53,9 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, tta_flip: boo
                         download: bool = False) -> dict[str, float]:
     """Evaluate a finished run: ``path`` is its output folder or its ``model.safetensors`` (with the run's
     ``config.yaml`` beside it). ``data`` overrides the run's data source. ``tta_flip`` on a run trained without
-    flips (``augment.flip: false``) says so on stderr: the mirror of a digit is not one (Myrtle's flip TTA, "How to
-    train your ResNet 4", assumes flip-invariant classes as the flip augmentation does)."""
+    flips (``augment.flip: false``) says so on stderr: the mirror of a digit is not one, and flip TTA
+    (:mod:`timm_tricks.tta`: Page, "How to train your ResNet 8", "Test-time augmentation") assumes classes that a
+    mirror keeps, as the flip augmentation does."""
     from accelerate import Accelerator
     from safetensors.torch import load_file
 
