@@ -35,7 +35,8 @@ def global_generators(device: torch.device) -> tuple[torch.Generator, ...] | Non
         return (torch.default_generator,)
     if device.type == "cuda":
         torch.cuda.init()
-        return torch.default_generator, torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.default_generator, torch.cuda.default_generators[index]
     return None
 
 
