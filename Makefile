@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Two pytest workers, one per core, each test file on one worker (module fixtures stay shared); one torch thread
+# per worker, so the two do not fight over the cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check timm_tricks tests benchmarks
-	$(VENV)/bin/python -m pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 # On the bundled digits, on this CPU (a few minutes): a small search (Optuna + ASHA, 8 trials of up to 6 epochs),
 # its report, then the best trial's config trained for the recipe's full 15 epochs; all in a new runs/demo-* folder.

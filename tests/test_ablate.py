@@ -91,7 +91,7 @@ def _table(text):
 @pytest.mark.slow
 def test_bag_of_tricks_ladder_on_tiny_settings(tmp_path):
     storage = tmp_path / "results"
-    args = ["ablate", "--ladder", "bag_of_tricks", "--data", "digits", "--model", "resnet18d_tricks",
+    args = ["ablate", "--ladder", "bag_of_tricks", "--data", "synthetic:256", "--model", "resnet18d_tricks",
             "--teacher-model", "resnet18d_tricks", "--epochs", "1", "--batch-size", "128", "--seeds", "2",
             "--storage", str(storage), "--name", "tiny", "--set", "data.image_size=16",
             "--set", "schedule.warmup_epochs=0", "--set", "train.keep_checkpoints=1", "--set", "augment.train=none"]

@@ -91,9 +91,9 @@ def test_scheduler_applies_lr_scale_to_bn_bias_group():
     cfg = load_config("myrtle_resnet9", ["model.name=resnet18d_tricks", "model.kwargs={}"])
     opt = optimizer_from_config(Tiny(), cfg)
     sched = TricksScheduler(opt, schedule_from_config(cfg, steps_per_epoch=10))
-    sched.step_update(20)  # epoch 2: the peak
+    sched.step_update(20)  # epoch 2: the peak of post 8's knots, lr 1.0 (recipe comment: cell 85)
     lrs = sorted(g["lr"] for g in opt.param_groups)
-    assert lrs[0] == pytest.approx(0.4) and lrs[-1] == pytest.approx(0.4 * 64)
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(1.0 * 64)
 
 
 def test_unknown_optimizer_name():

@@ -162,8 +162,13 @@ def test_eval_command_matches_training_metrics(tmp_path):
     ev = json.loads(proc.stdout)
     assert ev["eval_count"] == 359 and ev["eval_top1"] == pytest.approx(metrics["eval_top1"])
     assert json.loads((tmp_path / "m.json").read_text()) == ev
-    _run(["eval", "--checkpoint", str(out / "model.safetensors"), "--tta"])
+    tta = _run(["eval", "--checkpoint", str(out / "model.safetensors"), "--tta"])
     assert json.loads((out / "eval.json").read_text())["eval_count"] == 359
+    # digits trains without flips (augment.flip: false): the mirror TTA says so in one line
+    assert [line for line in tta.stderr.splitlines() if "warning" in line] == [
+        f"timm-tricks: warning: --tta averages each image with its mirror, but {str(out)!r} trained without flips "
+        "(augment.flip: false, e.g. digits or text, whose mirror is another class); the TTA score may be lower"]
+    assert "warning" not in proc.stderr  # no --tta, no warning
     bad = _run(["eval", "--checkpoint", str(tmp_path)], check=False)
     assert bad.returncode == 2 and "not a finished run" in bad.stderr
 
@@ -217,6 +222,8 @@ def test_skipped_optimizer_steps_do_not_advance_the_schedule(tmp_path, monkeypat
 
     cfg = load_config("digits", FAST[:-1] + ["train.epochs=1", "schedule.warmup_epochs=1"])
     trainer = Trainer(cfg, tmp_path)
+    assert trainer.may_skip_steps is False  # no GradScaler on a CPU: the flag is not even read
+    trainer.may_skip_steps = True  # as under FP16 on a GPU
     calls = {"n": 0}
 
     def skipped(self):

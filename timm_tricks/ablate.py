@@ -13,6 +13,7 @@ as error bars).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import statistics
 from dataclasses import dataclass
@@ -146,11 +147,19 @@ def _ablate(ladder: Ladder, overrides: list[str], updates: dict, options: Ablati
 
         space = {"rung": tune.grid_search(list(rungs)), "train.seed": tune.grid_search(list(range(options.seeds)))}
         trial = make_trial(rungs, cluster=cluster, step_callback=step_callback)
-        results = fit(exp / "grid", trial, space, cluster=cluster, settings=settings, resume=options.resume)
+        from .trial_errors import MistakeWatch, all_failed, error_line  # imports Ray
+
+        mistakes = MistakeWatch(len(rungs) * options.seeds)  # a mistake every rung makes is not retried
+        grid = dataclasses.replace(settings, callbacks=[mistakes, *settings.callbacks], stop=mistakes)
+        results = fit(exp / "grid", trial, space, cluster=cluster, settings=grid, resume=options.resume)
+        mistakes.raise_if_stopped()
         runs = [dict(run_row(r, ladder.metric, epochs.get(r.config["rung"])), rung=names[r.config["rung"]])
                 for r in results]
     watch.phase("writing the report", "writing the table")
     write_ablation(ladder, plan, runs, exp)
+    errors = [error_line(str(r.error)) for r in results if r.error is not None]
+    if errors and len(errors) == len(runs):
+        raise all_failed(errors, str(exp))
     return exp
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .errors import ConfigError
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .optim import create_optimizer
 from .schedule import LRSchedule
+from .schema import flatten
 from .seeding import seed_everything
 
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError)  # timm loads weights_only=True
@@ -89,14 +91,82 @@ def cpu_only_distributed() -> bool:
 
 
 def build_accelerator(cfg: Config, output_dir: Path) -> Any:
-    """The ``accelerate.Accelerator`` of a run: the config's precision and accumulation, TensorBoard logs in
-    ``output_dir``, CPUs over gloo in a launch without CUDA."""
-    from accelerate import Accelerator
+    """The ``accelerate.Accelerator`` of a run: the config's precision (:func:`check_precision`) and accumulation,
+    the trackers of ``train.log_with`` (:func:`trackers`), CPUs over gloo in a launch without CUDA."""
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
+    check_precision(cfg.train.precision, PartialState(cpu=cpu_only_distributed()).device)
     return Accelerator(cpu=cpu_only_distributed(), mixed_precision=cfg.train.precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum_steps, log_with="tensorboard",
+                       gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                       log_with=trackers(cfg, output_dir) or None,
                        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)))
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a ``train.precision`` the device would not train in: accelerate trains ``fp16`` on a CPU in fp32 and
+    says nothing (it makes no GradScaler and autocasts to nothing there), and ``bf16`` needs a GPU that has it
+    (``torch.cuda.is_bf16_supported``); a CPU autocasts to bf16."""
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision=fp16 needs a GPU: on a CPU accelerate would train in fp32; use "
+                          "train.precision=bf16 (CPU autocast) or no")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: the GPU {torch.cuda.get_device_name(device)!r} has no bf16; use "
+                          "train.precision=fp16 or no")
+
+
+def warn_launcher_precision(precision: str, main: bool) -> None:
+    """One line on stderr (main process) when ``accelerate launch`` asks for another mixed precision than the
+    config's ``train.precision``, which wins."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != precision and main:
+        print(f"timm-tricks: warning: the launcher asks for mixed precision {launched!r}, the recipe for "
+              f"{precision!r}; training in {precision!r} (--set train.precision=... to change it)", file=sys.stderr)
+
+
+#: The pip package of each tracker of ``train.log_with`` that this package has no extra for (the extras are named
+#: after the tracker: ``pip install 'timm_tricks[mlflow]'``).
+TRACKER_PACKAGES = {"comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab", "trackio": "trackio", "tensorboard": "tensorboard"}
+TRACKER_EXTRAS = ("mlflow", "wandb")
+
+
+def trackers(cfg: Config, output_dir: Path) -> list[Any]:
+    """The trackers of ``train.log_with`` for ``Accelerator(log_with=...)``; a tracker whose package is missing is
+    one line naming what to install (accelerate itself would drop it and say nothing).
+
+    Each tracker writes where it writes with accelerate's defaults, except that those that write local files write
+    them inside the run folder (:data:`timm_tricks.run_folder.TRACKER_FOLDERS`): TensorBoard in ``tensorboard/``
+    (as before trackers were a choice), wandb in ``wandb/`` (``wandb.init(dir=...)``), DVCLive in ``dvclive/``
+    (``Live(dir=...)``), Aim's repo in ``.aim/`` (accelerate's logging dir). MLflow logs where
+    ``MLFLOW_TRACKING_URI`` points (its own default otherwise). The project (wandb project, MLflow experiment) is
+    the config's ``name``, the run the output folder's name (:func:`start_trackers`).
+    """
+    from accelerate.tracking import TensorBoardTracker, get_available_trackers
+
+    names = [n for n in cfg.train.log_with if n != "none"]
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name not in available:
+            extra = f"'timm_tricks[{name}]'" if name in TRACKER_EXTRAS else TRACKER_PACKAGES.get(name, name)
+            raise ConfigError(f"train.log_with: {name} is not installed; pip install {extra}, or drop it from "
+                              "train.log_with")
+    return [TensorBoardTracker("tensorboard", str(output_dir)) if n == "tensorboard" else n for n in names]
+
+
+def start_trackers(acc: Any, cfg: Config, output_dir: Path) -> None:
+    """Start the accelerator's trackers (:func:`trackers`) with the config as the flat dict of hyperparameters
+    (``optim.lr``, ...: the scalars as they are, lists and mappings as text); a tracker that fails to start (no
+    login, no server) is one line."""
+    run, out = Path(output_dir).name, Path(output_dir)
+    kwargs = {"wandb": {"dir": str(out), "name": run}, "mlflow": {"run_name": run},
+              "dvclive": {"dir": str(out / "dvclive")}}
+    config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
+    try:
+        acc.init_trackers(cfg.name, config=config, init_kwargs=kwargs)
+    except Exception as e:  # each tracker's own errors (mlflow, wandb, ...): no common class
+        names = ", ".join(str(getattr(t, "name", t)) for t in acc.log_with)
+        raise ConfigError(f"train.log_with: a tracker ({names}) did not start: {_first_line(e)}") from None
 
 
 def check_accelerator(acc: Any, cfg: Config) -> None:
@@ -109,6 +179,7 @@ def check_accelerator(acc: Any, cfg: Config) -> None:
         raise ConfigError(f"the given Accelerator does not match the config: {'; '.join(wrong)}; build it with "
                           "Accelerator(mixed_precision=cfg.train.precision, "
                           "gradient_accumulation_steps=cfg.train.grad_accum_steps) or --set the keys to match")
+    check_precision(acc.mixed_precision, acc.device)
 
 
 def check_input_channels(model: nn.Module, channels: int, name: str) -> None:

@@ -28,6 +28,10 @@ INIT_SCHEMES = ("kaiming", "xavier")
 # Mixed precision (accelerate's names); BoT Sec. 3.2 trains in FP16.
 PRECISIONS = ("no", "fp16", "bf16")
 
+# Experiment trackers of train.log_with: every one accelerate's Accelerator(log_with=...) takes (accelerate's
+# LoggerType, accelerate/utils/dataclasses.py, less "all"); "none" logs to none (timm_tricks.build).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
 # Data sources (timm_tricks.data), and the training-set size of each kind that has a fixed one: the command line
 # derives steps per epoch from it without loading the data.
 SOURCE_KINDS = ("digits", "synthetic", "folder", "cifar10", "cifar100", "timm")

@@ -31,6 +31,7 @@ from .choices import (
     PRECISIONS,
     SCHEDULES,
     SMOOTHING_FORMS,
+    TRACKERS,
 )
 from .errors import ConfigError as ConfigError  # re-exported: ``from timm_tricks.config import ConfigError``
 from .schema import Layer, build, dotted_keys, merge, merge_layers, option, unknown
@@ -190,6 +191,10 @@ class TrainConfig:
     keep_checkpoints: int = option(2, ge=1, doc="newest checkpoints kept (the best one is kept besides)")
     best_metric: str = option("eval_top1", choices=METRICS,
                               doc="the epoch metric that picks checkpoints/best.txt (losses: lower is better)")
+    log_every_steps: int = option(100, ge=1, doc="a progress line (and the non-finite loss check) every N steps")
+    log_every_seconds: float = option(30.0, gt=0.0, doc="and a progress line at least this often (main process)")
+    log_with: list[str] = option(["tensorboard"], doc="experiment trackers (accelerate's): tensorboard, wandb, "
+                                 "mlflow, ...; [none] or [] for none")
 
 
 @dataclass
@@ -366,6 +371,19 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.schedule.warmup_epochs > cfg.train.epochs and not s.rescale_epochs:
         raise ConfigError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
     _check_normalisation(cfg.augment)
+    _check_trackers(cfg.train.log_with)
+
+
+def _check_trackers(names: list[str]) -> None:
+    """``train.log_with``: accelerate's tracker names (:data:`~timm_tricks.choices.TRACKERS`), each once, or
+    ``none`` alone."""
+    for name in names:
+        if name not in (*TRACKERS, "none"):
+            raise ConfigError(unknown("tracker in train.log_with", name, [*TRACKERS, "none"]))
+    if len(set(names)) < len(names):
+        raise ConfigError(f"train.log_with={names!r} names a tracker twice")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"train.log_with={names!r}: none goes alone (or use [])")
 
 
 def _check_normalisation(a: AugmentConfig) -> None:

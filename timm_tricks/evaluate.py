@@ -3,6 +3,7 @@ of a finished run's weights (``timm-tricks eval``)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,10 @@ def evaluate_model(model: nn.Module, batches: TensorBatches | FileBatches, accel
 def evaluate_checkpoint(path: str | Path, data: str | None = None, tta_flip: bool = False,
                         download: bool = False) -> dict[str, float]:
     """Evaluate a finished run: ``path`` is its output folder or its ``model.safetensors`` (with the run's
-    ``config.yaml`` beside it). ``data`` overrides the run's data source."""
+    ``config.yaml`` beside it). ``data`` overrides the run's data source. ``tta_flip`` on a run trained without
+    flips (``augment.flip: false``) says so on stderr: the mirror of a digit is not one, and flip TTA
+    (:mod:`timm_tricks.tta`: Page, "How to train your ResNet 8", "Test-time augmentation") assumes classes that a
+    mirror keeps, as the flip augmentation does."""
     from accelerate import Accelerator
     from safetensors.torch import load_file
 
@@ -65,6 +69,10 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, tta_flip: boo
                           "model.safetensors (the --output folder of timm-tricks train)")
     overrides = [f"data.source={data}"] if data else []
     cfg = load_config(run / "config.yaml", overrides)
+    if tta_flip and not cfg.augment.flip:
+        print(f"timm-tricks: warning: --tta averages each image with its mirror, but {str(run)!r} trained without "
+              "flips (augment.flip: false, e.g. digits or text, whose mirror is another class); the TTA score may be "
+              "lower", file=sys.stderr)
     acc = Accelerator(mixed_precision=cfg.train.precision)
     batches = build_batches(cfg, parse_source(cfg.data.source), shard_for(cfg, acc), acc.device, download)
     kwargs = cfg.model_kwargs(batches.num_classes) | {"pretrained": False}

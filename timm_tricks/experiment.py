@@ -3,8 +3,7 @@
 Nothing here chooses configs: :mod:`timm_tricks.tune` picks the searcher and scheduler and writes the report,
 :mod:`timm_tricks.ablate` builds the ladder's grid. This module holds what both run on:
 
-- :class:`ClusterOptions`: where and on what the trials run (Ray address, storage, resources per trial,
-  concurrency, retries).
+- :class:`ClusterOptions`: where and on what the trials run (address, storage, resources, concurrency, retries).
 - :func:`make_trial`: the trial function (public, for one's own ``ray.tune.Tuner``, docs/own_loop.md): it runs
   :class:`timm_tricks.train.Trainer` on recipe + overrides + the trial's values, reports each epoch with its
   checkpoint, and resumes from ``ray.tune.get_checkpoint()`` (a retry, a restored experiment, a PBT exploit).
@@ -384,7 +383,7 @@ class TunerSettings:
             snapshot after every reported epoch and ``--resume`` after a killed driver loses at most the epoch in
             flight. PBT needs more: an exploiting trial loads its donor's checkpoint after the donor may have saved
             again.
-        callbacks: ``ray.tune.Callback`` objects for the driver (a restored experiment gets these too).
+        callbacks, stop: ``ray.tune.Callback`` objects for the driver; its ``RunConfig(stop=...)`` (``MistakeWatch``).
         verbose: Ray Tune's own output, ``RunConfig(verbose=...)``: 0 (none) to 3.
     """
 
@@ -396,6 +395,7 @@ class TunerSettings:
     seed: int = 0
     keep_checkpoints: int = 1
     callbacks: Sequence[Any] = ()
+    stop: Any = None
     verbose: int = 0
 
 
@@ -432,9 +432,9 @@ def fit(exp: Path, trial: Callable[[dict[str, Any]], None], param_space: dict[st
         if not tune.Tuner.can_restore(str(exp)):
             raise ConfigError(f"nothing to resume in {str(exp)!r} (no tuner.pkl): choose another --name")
         tuner = tune.Tuner.restore(str(exp), trainable=trial, resume_errored=True, param_space=param_space)
-        if tuner._local_tuner is not None:  # Tune restores the first run's RunConfig: this run's output instead
+        if tuner._local_tuner is not None:  # Tune restores the first run's RunConfig: this run's callbacks
             run = tuner._local_tuner.get_run_config()
-            run.callbacks, run.verbose = list(settings.callbacks) or None, settings.verbose
+            run.callbacks, run.stop, run.verbose = list(settings.callbacks) or None, settings.stop, settings.verbose
     else:
         tuner = tune.Tuner(
             trial,
@@ -443,7 +443,7 @@ def fit(exp: Path, trial: Callable[[dict[str, Any]], None], param_space: dict[st
                                         search_alg=search_alg, max_concurrent_trials=max_concurrent,
                                         scheduler=settings.scheduler),
             run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.parent), verbose=settings.verbose,
-                                      callbacks=list(settings.callbacks) or None,
+                                      stop=settings.stop, callbacks=list(settings.callbacks) or None,
                                       failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
     return tuner.fit()

@@ -28,7 +28,11 @@ LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "checkpoints", "summary.csv", "metrics.json", "model.safetensors", "model_ema.safetensors")
 # What may change when a run is resumed: how long it trains, how it logs and checkpoints, how it reads its data.
 RESUMABLE_KEYS = frozenset({"name", "description", "source", "train.epochs", "train.checkpoint_every_steps",
-                            "train.keep_checkpoints", "data.workers", "data.eval_batch_size"})
+                            "train.keep_checkpoints", "train.log_every_steps", "train.log_every_seconds",
+                            "train.log_with", "data.workers", "data.eval_batch_size"})
+# The folders the trackers of train.log_with write inside the run folder (timm_tricks.build.trackers puts them
+# there): TensorBoard's event files, wandb's run files (wandb.init(dir=...)), DVCLive's (Live(dir=...)), Aim's repo.
+TRACKER_FOLDERS = ("tensorboard", "wandb", "dvclive", ".aim")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -129,9 +133,11 @@ class RunFolder:
         if any((self.path / "checkpoints").glob("ckpt-*")):
             self.release()
             return
-        for name in ("tensorboard", "summary.csv", "checkpoints"):
+        for name in (*TRACKER_FOLDERS, "summary.csv", "checkpoints"):
             if (self.path / name).exists() and self.path / "config.yaml" in self._created:
-                shutil.rmtree(self.path / name) if (self.path / name).is_dir() else (self.path / name).unlink()
+                # (a tracker's own process may still be writing its folder: what it adds later is its own)
+                shutil.rmtree(self.path / name, ignore_errors=True) if (self.path / name).is_dir() else \
+                    (self.path / name).unlink()
         self.release(remove_created=True)
 
     def release(self, remove_created: bool = False) -> None:

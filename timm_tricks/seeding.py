@@ -27,6 +27,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def global_generators(device: torch.device) -> tuple[torch.Generator, ...] | None:
+    """torch's global generators that a step's kernels draw from without a generator of their own (dropout,
+    timm's drop path): the CPU's and ``device``'s own; None for a device other than the CPU or CUDA, which
+    :func:`seed_global_torch` then seeds through ``torch.manual_seed``."""
+    if device.type == "cpu":
+        return (torch.default_generator,)
+    if device.type == "cuda":
+        torch.cuda.init()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.default_generator, torch.cuda.default_generators[index]
+    return None
+
+
+def seed_global_torch(seed: int, generators: tuple[torch.Generator, ...] | None) -> None:
+    """Seed ``generators`` (:func:`global_generators`) with ``seed``: on the host, no device sync (a CUDA
+    generator's seed and offset go to each kernel as launch arguments). ``torch.manual_seed`` does the same for
+    every device type torch knows and costs ~100 times more (~0.25 ms a call on a CPU build: it visits CUDA, MPS,
+    XPU, MTIA and custom devices); :func:`seed_everything` also reseeds Python's and NumPy's generators (~0.4 ms)."""
+    if generators is None:
+        torch.manual_seed(seed)
+        return
+    for g in generators:
+        g.manual_seed(seed)
+
+
 def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded by :func:`step_seed` of ``parts``."""
     return torch.Generator(device=device).manual_seed(step_seed(*parts))

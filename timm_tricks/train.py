@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 import time
@@ -43,6 +42,8 @@ from .build import (
     loss_from_config,
     optimizer_from_config,
     schedule_from_config,
+    start_trackers,
+    warn_launcher_precision,
     with_pretrained_transforms,
 )
 from .checkpoint import (
@@ -61,14 +62,11 @@ from .data import parse_source
 from .errors import ConfigError, DataError, TrainingError
 from .evaluate import evaluate_model, shard_for
 from .mixup import create_mixup, set_mixup_epoch
+from .progress import NO_STEP, NonFiniteWatch, Progress, append_summary, start_line
 from .run_folder import RunFolder, write_atomic
 from .schedule import TricksScheduler
-from .schema import flatten
-from .seeding import seed_everything, step_seed
+from .seeding import global_generators, seed_global_torch, step_seed
 from .whitening import fit_input_whitening
-
-SUMMARY_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "seconds")
-EMA_SUMMARY_FIELDS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")  # appended when ema.enabled
 
 
 @dataclass
@@ -119,8 +117,12 @@ class Trainer:
         if accelerator is not None:
             check_accelerator(accelerator, cfg)
         self.accelerator = acc = accelerator or build_accelerator(cfg, self.output_dir)
+        self.progress = Progress(acc.is_main_process, cfg.train.log_every_steps, cfg.train.log_every_seconds,
+                                 cfg.global_batch_size(acc.num_processes))
         self.folder = RunFolder(self.output_dir, resume)
         self._claim_folder()
+        self.progress.say(f"train: {cfg.name} into {str(self.output_dir)!r}: reading data {cfg.data.source}, "
+                          f"building model {cfg.model.name}")
         try:
             self._setup(download)
         except BaseException:
@@ -130,11 +132,7 @@ class Trainer:
 
     def _setup(self, download: bool) -> None:
         cfg, acc = self.cfg, self.accelerator
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-        if launched and launched != cfg.train.precision and acc.is_main_process:
-            print(f"timm-tricks: warning: the launcher asks for mixed precision {launched!r}, the recipe for "
-                  f"{cfg.train.precision!r}; training in {cfg.train.precision!r} (--set train.precision=... to "
-                  "change it)", file=sys.stderr)
+        warn_launcher_precision(cfg.train.precision, acc.is_main_process)
         self.device = acc.device
         self.world, self.rank = acc.num_processes, acc.process_index
         self.per_device_batch = cfg.per_device_batch_size(self.world)
@@ -155,6 +153,8 @@ class Trainer:
         self.scheduler = TricksScheduler(self.optimizer, self.schedule)
         self.mixup = create_mixup(cfg.mixup.alpha, self.num_classes)
         self.criterion = loss_from_config(cfg, self.num_classes, distill=self.teacher is not None)
+        self.may_skip_steps = acc.scaler is not None  # only FP16's GradScaler skips steps: read it only then
+        self.watch = NonFiniteWatch(self.device)
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
@@ -196,13 +196,13 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------------------------
 
-    def _forward_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
         cfg = self.cfg
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets: torch.Tensor = labels
         if self.mixup is not None and self.mixup.mixup_enabled:
-            images, targets = self.mixup(images, labels)
+            images, targets = self.mixup(images, labels, seed=seed)
         with self.accelerator.autocast():
             logits = self.model(images)
             if self.teacher is not None:
@@ -212,18 +212,28 @@ class Trainer:
             return self.criterion(logits, targets)
 
     def _train_epoch(self, epoch: int) -> float:
+        """Train what is left of ``epoch``; return its mean training loss over all processes.
+
+        No step waits for the device (issue 15 item 2): the loss sum and the non-finite check
+        (:class:`~timm_tricks.progress.NonFiniteWatch`) stay on the device and are read when a progress line is
+        due, before a checkpoint and at the end of the epoch (:meth:`_read`); FP16's skipped-step flag, a host
+        read, is taken only when a GradScaler can skip. Each micro-batch seeds torch's global generators of the
+        device (dropout, drop path: :func:`~timm_tricks.seeding.seed_global_torch`) and draws its mixup from a
+        generator of the same step seed, so a resumed run draws what the uninterrupted run drew.
+        """
         cfg, acc, st = self.cfg, self.accelerator, self.state
         self.model.train()
         set_mixup_epoch(self.mixup, epoch, cfg.train.epochs, cfg.mixup.off_epochs)
-        accum = cfg.train.grad_accum_steps
+        accum, generators = cfg.train.grad_accum_steps, global_generators(self.device)
         loss_sum = torch.tensor(st.epoch_loss_sum, dtype=torch.float64, device=self.device)
         batches = self.batches.train_batches(epoch, start_step=st.step_in_epoch * accum)
-        progress = self._progress(epoch)
+        self.progress.start_epoch(epoch, (st.step_in_epoch, self.steps_per_epoch), st.global_step,
+                                  (st.epoch_loss_sum, st.epoch_loss_count))
         for micro, (images, labels) in enumerate(batches):
-            step = st.step_in_epoch
-            seed_everything(step_seed(cfg.train.seed, epoch, step * accum + micro % accum, self.rank, 3))
+            seed = step_seed(cfg.train.seed, epoch, st.step_in_epoch * accum + micro % accum, self.rank, 3)
+            seed_global_torch(seed, generators)
             with acc.accumulate(self.model):
-                loss = self._forward_loss(images, labels)
+                loss = self._forward_loss(images, labels, seed)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.train.clip_grad:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
@@ -233,44 +243,48 @@ class Trainer:
             st.epoch_loss_count += 1
             if not acc.sync_gradients:
                 continue
-            skipped = acc.optimizer_step_was_skipped  # FP16 loss scaling skipped an overflowing step
-            if not skipped and not torch.isfinite(loss.detach()).all():
-                self._stop_non_finite(epoch, step)
-            if not skipped:
+            if not (self.may_skip_steps and acc.optimizer_step_was_skipped):  # FP16 skipped an overflowing step
+                self.watch.record(loss, st.global_step)
                 st.num_updates += 1
                 self.scheduler.step_update(st.num_updates)
                 if self.ema is not None and st.num_updates % cfg.ema.every_steps == 0:
                     self.ema.update(acc.unwrap_model(self.model), step=st.num_updates)
             st.global_step += 1
             st.step_in_epoch += 1
-            if progress is not None:
-                progress.update(1)
             every = cfg.train.checkpoint_every_steps
-            if every and st.global_step % every == 0 and st.step_in_epoch < self.steps_per_epoch:
-                st.epoch_loss_sum = loss_sum.item()
+            save = every and st.global_step % every == 0 and st.step_in_epoch < self.steps_per_epoch
+            due = self.progress.due(st.global_step, st.step_in_epoch)
+            if due or save:
+                st.epoch_loss_sum = self._read(loss_sum, epoch)
+            if due:
+                self.progress.step_line(epoch, st.step_in_epoch, st.global_step,
+                                        (st.epoch_loss_sum, st.epoch_loss_count), self._lr())
+            if save:
                 self.save_checkpoint()
             if self.step_callback is not None:
                 self.step_callback(st)
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
-        if progress is not None:
-            progress.close()
+        self._read(loss_sum, epoch)
         mean = acc.reduce(loss_sum, reduction="sum").item() / (max(st.epoch_loss_count, 1) * self.world)
         st.epoch_loss_sum, st.epoch_loss_count = 0.0, 0
         return mean
 
-    def _progress(self, epoch: int) -> Any:
-        if not (self.accelerator.is_main_process and sys.stderr.isatty()):
-            return None
-        from tqdm.auto import tqdm
+    def _read(self, loss_sum: torch.Tensor, epoch: int) -> float:
+        """The epoch's loss sum so far, read with the non-finite watch in one transfer; stop at a non-finite loss."""
+        total, first = torch.stack([loss_sum, self.watch.first.double()]).tolist()
+        if first < NO_STEP:
+            self._stop_non_finite(epoch, int(first) - (self.state.global_step - self.state.step_in_epoch), int(first))
+        return total
 
-        return tqdm(total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch}",
-                    leave=False, dynamic_ncols=True)
+    def _lr(self) -> float:
+        """The learning rate of the last step taken (groups without a multiplier): the schedule's, not a read."""
+        return self.schedule.factor(max(self.state.num_updates - 1, 0)) * self.peak_lr
 
-    def _stop_non_finite(self, epoch: int, step: int) -> None:
+    def _stop_non_finite(self, epoch: int, step: int, global_step: int) -> None:
         last = list_checkpoints(self.output_dir / "checkpoints")
         kept = f"the last good checkpoint is {str(last[-1])!r}" if last else "no checkpoint was written yet"
-        raise TrainingError(f"non-finite loss at epoch {epoch} step {step} (global step {self.state.global_step}); "
+        raise TrainingError(f"non-finite loss at epoch {epoch} step {step} (global step {global_step}); "
                             f"stopping; {kept}")
 
     # -- evaluation -------------------------------------------------------------------------------------------------
@@ -332,7 +346,7 @@ class Trainer:
             acc.scaler.load_state_dict(state["scaler"])
         self.scheduler.step_update(self.state.num_updates)
         self._restore_summary(ckpt, self.state.epoch)
-        acc.print(f"resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        self.progress.say(f"resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
         return True
 
     def _restore_summary(self, checkpoint: Path, epochs_done: int) -> None:
@@ -365,9 +379,11 @@ class Trainer:
     def _fit(self) -> dict[str, float]:
         cfg, acc, st = self.cfg, self.accelerator, self.state
         out = self.output_dir
+        self.progress.say(start_line(cfg, acc.unwrap_model(self.model), self.batches, self.device, self.world,
+                                     self.peak_lr, self.num_classes))
         if self.resume:
             self._load_latest()
-        acc.init_trackers("tensorboard", config=_flat_hparams(cfg))
+        start_trackers(acc, cfg, out)
         metrics: dict[str, float] = {}
         while st.epoch < cfg.train.epochs:
             epoch, t0 = st.epoch, time.perf_counter()
@@ -382,7 +398,7 @@ class Trainer:
             if self.ema is not None:
                 ema = self.evaluate(self.ema.module)
                 metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "eval_count"})
-            metrics["lr"] = self.schedule.factor(max(st.num_updates - 1, 0)) * self.peak_lr
+            metrics["lr"] = self._lr()
             metrics["seconds"] = time.perf_counter() - t0
             st.epoch, st.step_in_epoch = epoch + 1, 0
             improved = is_better(cfg.train.best_metric, metrics[cfg.train.best_metric], st.best_value)
@@ -405,20 +421,10 @@ class Trainer:
         return final
 
     def _log_epoch(self, m: dict[str, float]) -> None:
-        acc = self.accelerator
-        acc.log({k: v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
-        ema = f" ema_top1 {m['ema_eval_top1']:.2f}" if "ema_eval_top1" in m else ""
-        acc.print(f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  eval_loss {m['eval_loss']:.4f}  "
-                  f"top1 {m['eval_top1']:.2f}  top5 {m['eval_top5']:.2f}{ema}  lr {m['lr']:.5g}  {m['seconds']:.1f}s")
-        if acc.is_main_process:
-            path = self.output_dir / "summary.csv"
-            new = not path.exists()
-            fields = SUMMARY_FIELDS + (EMA_SUMMARY_FIELDS if "ema_eval_top1" in m else ())
-            with open(path, "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(fields)
-                writer.writerow([m["epoch"]] + [f"{m[k]:.6g}" for k in fields[1:]])
+        self.accelerator.log({k: v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
+        self.progress.end_epoch(m, self.cfg.train.epochs - int(m["epoch"]) - 1)
+        if self.accelerator.is_main_process:
+            append_summary(self.output_dir / "summary.csv", m)
 
     def _write_outputs(self, final: dict[str, float]) -> None:
         acc = self.accelerator
@@ -435,11 +441,6 @@ class Trainer:
             state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
             write_atomic(self.output_dir / name, save(state))
         write_atomic(self.output_dir / "metrics.json", (json.dumps(final, indent=2) + "\n").encode())
-
-
-def _flat_hparams(cfg: Config) -> dict[str, Any]:
-    """The config as the flat dict of scalars trackers take (``optim.lr``, ...)."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
 
 
 __all__ = ["Trainer", "TrainState", "TrainingError", "DataError"]

@@ -159,14 +159,18 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
                 searcher = OptunaSearch(seed=options.seed)
             scheduler = _scheduler(options.scheduler, space, epochs, options.grace_period, options.reduction_factor)
             status = watch.callback(scheduler, SCHEDULER_NAMES[options.scheduler].split(" ")[0])
+            from .trial_errors import MistakeWatch  # imports Ray
+
+            mistakes = MistakeWatch(options.num_samples)
             settings = TunerSettings(metric=space.metric, mode=space.mode, num_samples=options.num_samples,
                                      search_alg=searcher, scheduler=scheduler, seed=options.seed,
                                      keep_checkpoints=3 if options.scheduler == "pbt" else 1,
-                                     callbacks=[*(callbacks or ()), *([status] if status else [])],
-                                     verbose=options.status.ray_verbose)
+                                     callbacks=[mistakes, *(callbacks or ()), *([status] if status else [])],
+                                     stop=mistakes, verbose=options.status.ray_verbose)
             trial = make_trial(recipe, overrides=overrides, updates=updates, cluster=cluster,
                                step_callback=step_callback)
             results = fit(exp, trial, space.to_tune(), cluster=cluster, settings=settings, resume=options.resume)
+            mistakes.raise_if_stopped()
             watch.phase("writing the report", "writing the report")
             write_report(results, space, exp, epochs=epochs, recipe=str(recipe), how=how)
         watch.say(f"done: {exp / 'report.md'}")
@@ -220,12 +224,18 @@ def write_report(results: Any, space: SearchSpace, exp: Path, *, epochs: int | N
     """``trials.csv``, ``report.md``, ``best_recipe.yaml`` and the plots in ``exp``; prints the report.
 
     ``epochs`` is a trial's budget (for the status column), ``recipe`` and ``how`` (the searcher and scheduler in
-    words) go in the heading.
+    words) go in the heading. The best trial is the best of those that did not fail. When every trial failed
+    there is none: the report lists the errors, no ``best_recipe.yaml`` is written, and a TrainingError (exit 1)
+    says so.
     """
+    from .trial_errors import all_failed, error_line
+
     rows = trial_table(results, space, epochs)
     if not rows:
         raise ConfigError(f"search {str(exp)!r} has no trials")
     key = f"best_{space.metric}"
+    errors = [error_line(str(r.error)) for r in results if r.error is not None]
+    rows.sort(key=lambda row: row["status"] == "error")  # stable: the best trial that did not fail comes first
     columns = [c for c in rows[0] if c != "path"]
     with open(exp / "trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns + ["path"])
@@ -246,6 +256,12 @@ def write_report(results: Any, space: SearchSpace, exp: Path, *, epochs: int | N
             "\n".join(lines), ""]
     best = rows[0]
     best_config = Path(best["path"]) / "run" / "config.yaml"
+    (exp / "best_recipe.yaml").unlink(missing_ok=True)  # a resumed search's old best is no longer the word
+    if len(errors) == len(rows):
+        text += ["Every trial failed; there is no best trial. Their errors:", ""] + [f"- {e}" for e in errors]
+        (exp / "report.md").write_text("\n".join(text) + "\n")
+        print("\n".join(text))
+        raise all_failed(errors, str(exp / "report.md"))
     if best[key] is not None and best_config.is_file():
         recipe_data = yaml.safe_load(best_config.read_text())
         recipe_data["name"] = f"{exp.name}_best"
