@@ -132,3 +132,17 @@ def test_the_learning_curves_name_each_trial_in_a_legend(tmp_path):
                              "eval_top1", tmp_path / "curves.png", title="curves")
     assert labels == ["trial 1: lr=0.1, alpha=0.2", "trial 2: lr=0.9, alpha=0 (stopped at epoch 1)"]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_metric_that_spans_more_than_50x_gets_a_log_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from timm_tricks.report_plots import _log_if_spread
+
+    fig, (loss, top1) = plt.subplots(1, 2)
+    assert _log_if_spread(loss, [292.0, 0.45, 1.8, float("nan")]) and loss.get_yscale() == "log"
+    assert not _log_if_spread(top1, [62.7, 99.7, 98.1]) and top1.get_yscale() == "linear"
+    plt.close(fig)

@@ -45,6 +45,17 @@ def readable_log_axis(axis: Any, low: float, high: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _log_if_spread(ax: Any, values: Sequence[float]) -> bool:
+    """A log y axis (readable, :func:`readable_log_axis`) when the positive ``values`` span more than 50x, as a
+    loss that blew up in one trial does; whether it did."""
+    values = [v for v in values if v == v]  # not NaN
+    spread = bool(values) and min(values) > 0 and max(values) / min(values) > 50
+    if spread:
+        ax.set_yscale("log")
+        readable_log_axis(ax.yaxis, min(values), max(values))
+    return spread
+
+
 def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *, title: str, log: bool,
                    bounds: tuple[float, float] | None = None, ticks: Sequence[float] | None = None) -> None:
     """A scatter of each trial's metric against its value of ``key`` (log x for a loguniform key) over the
@@ -60,8 +71,9 @@ def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *
     at: dict[tuple[float, float], list[str]] = {}
     for x, y, number, _ in points:
         at.setdefault((x, y), []).append(number)
-    for (x, y), numbers in at.items():
-        ax.annotate(", ".join(numbers), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for (x, y), numbers in at.items():  # right of the point, level with it: close points rarely share a height
+        ax.annotate(", ".join(numbers), (x, y), textcoords="offset points", xytext=(6, 0), va="center", fontsize=8)
+    _log_if_spread(ax, [p[1] for p in points])
     xs = [p[0] for p in points]
     low, high = bounds if bounds and bounds[0] < bounds[1] else (min(xs), max(xs))
     if log:
@@ -79,8 +91,8 @@ def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *
             from matplotlib.ticker import MaxNLocator
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(key + (" (log scale)" if log else "") + (", over the searched range" if bounds else ""))
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(key + (", log scale" if log else "") + (", over the searched range" if bounds else ""))
+    ax.set_ylabel(ylabel + (", log scale" if ax.get_yscale() == "log" else ""))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="status (labels: trial numbers)", fontsize=8, title_fontsize=8)
@@ -91,8 +103,8 @@ def metric_against(points: Sequence[Point], key: str, ylabel: str, path: Path, *
 
 def learning_curves(curves: Sequence[Curve], metric: str, path: Path, *, title: str) -> list[str]:
     """The metric of each trial per epoch, one line per trial; the legend (below the plot) names each trial, its
-    values and, unless it completed, its status. A trial stopped early ends in a cross. Returns the legend's
-    labels."""
+    values and, unless it completed, its status. A trial stopped early ends in a cross. Values that span more than
+    50x (a loss that blew up) get a log axis (:func:`_log_if_spread`). Returns the legend's labels."""
     plt = _pyplot()
     rows = max(1, len(curves))
     fig, ax = plt.subplots(figsize=(8, 4 + 0.22 * rows))
@@ -106,8 +118,9 @@ def learning_curves(curves: Sequence[Curve], metric: str, path: Path, *, title: 
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    spread = _log_if_spread(ax, [v for *_, series in curves for v in series])
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric + (", log scale" if spread else ""))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if curves:
