@@ -82,7 +82,10 @@ class TensorBatches:
 
 class SeededDataset(torch.utils.data.Dataset):
     """Wraps a file data set so each sample's random transform is seeded by ``(seed, epoch, index)``: the same
-    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too."""
+    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too.
+
+    A key is an index (read in epoch :attr:`epoch`) or an ``(epoch, index)`` pair: persistent DataLoader workers
+    keep the copy of this object they started with, so :class:`FileBatches` sends the epoch with every key."""
 
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -90,37 +93,93 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        seed_everything(step_seed(self.seed, self.epoch, index, 2))
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        seed_everything(step_seed(self.seed, epoch, index, 2))
         return self.dataset[index]
 
 
+class KeyBatches(torch.utils.data.Sampler):
+    """The batch sampler of a persistent DataLoader: the main process sets the keys of the next pass before it
+    starts one (:meth:`set`), in batches of ``batch`` (the last one may be short)."""
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self.batch = 1
+
+    def set(self, keys: list[Any], batch: int) -> None:
+        self.keys, self.batch = keys, batch
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for i in range(0, len(self.keys), self.batch):
+            yield self.keys[i:i + self.batch]
+
+    def __len__(self) -> int:
+        return -(-len(self.keys) // self.batch)
+
+
 class FileBatches:
-    """Batches of a file data set through DataLoader workers."""
+    """Batches of a file data set through DataLoader workers.
+
+    The workers stay up from one pass to the next (``persistent_workers``) and read ``prefetch_factor`` batches
+    ahead each; on CUDA the batches come in pinned memory and are copied without blocking. With ``stages``
+    ``(train, eval)`` the data sets' transforms stop at uint8 images (decode, crop, flip:
+    :func:`~timm_tricks.augment.bot_crop_transform`) and the float half runs here, on the device, on the whole
+    batch (:class:`~timm_tricks.augment.BotBatchStage`: colour, lighting, normalisation), its draws seeded by
+    ``(seed, epoch, step, process)``; without, the transforms give the finished float images.
+    """
+
+    prefetch_factor = 2
 
     def __init__(self, train: Any, val: Any, num_classes: int, shard: Shard, device: torch.device,
-                 workers: int = 0) -> None:
+                 workers: int = 0, stages: tuple[Any, Any] | None = None) -> None:
         self.train, self.val = SeededDataset(train, shard.seed), val
-        self.shard, self.device, self.workers = shard, device, workers
+        self.shard, self.device, self.workers, self.stages = shard, device, workers, stages
         self.channels = 3  # the folder and timm readers open every image as RGB
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, KeyBatches]] = {}
 
-    def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
+    def _loader(self, split: str, keys: list[Any], batch_size: int) -> torch.utils.data.DataLoader:
+        """The persistent DataLoader of ``split`` (made on first use), set to read ``keys``."""
+        if split not in self._loaders:
+            sampler = KeyBatches()
+            more = dict(persistent_workers=True, prefetch_factor=self.prefetch_factor) if self.workers else {}
+            loader = torch.utils.data.DataLoader(
+                self.train if split == "train" else self.val, batch_sampler=sampler, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", **more)
+            self._loaders[split] = (loader, sampler)
+        loader, sampler = self._loaders[split]
+        sampler.set(keys, batch_size)
+        return loader
 
-    def _to_device(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in one_line_errors(loader):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+    def _batches(self, loader: torch.utils.data.DataLoader, stage: Any, seeds: tuple[int, ...] | None,
+                 first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``loader``'s batches on the device, through ``stage`` with batch ``k``'s draws from a generator seeded
+        by ``(*seeds[:2], k, *seeds[2:])``."""
+        for k, (images, labels) in enumerate(one_line_errors(loader), first):
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if stage is not None:
+                images = stage(images, generator(*seeds[:2], k, *seeds[2:]) if seeds is not None else None)
+            yield images, labels
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.train.epoch = epoch
-        yield from self._to_device(self._loader(self.train, self.shard.order(epoch, start_step).tolist(),
-                                                self.shard.batch))
+        keys = [(epoch, i) for i in self.shard.order(epoch, start_step).tolist()]
+        loader = self._loader("train", keys, self.shard.batch)
+        stage = self.stages[0] if self.stages else None
+        yield from self._batches(loader, stage, (self.shard.seed, epoch, self.shard.rank, 6), start_step)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
+        loader = self._loader("eval", list(self.shard.eval_indices(len(self.val))), batch_size)
+        yield from self._batches(loader, self.stages[1] if self.stages else None, None)
+
+    def sample_images(self, n: int) -> Iterator[torch.Tensor]:
+        """The first ``n`` training samples through the training transforms as in epoch 0, the same on every
+        process (their stage draws seeded apart from training's): the images an input whitening is fitted to
+        (:func:`timm_tricks.whitening.training_images`)."""
+        loader = self._loader("train", [(0, i) for i in range(min(n, len(self.train)))], self.shard.batch)
+        for images, _ in self._batches(loader, self.stages[0] if self.stages else None, (self.shard.seed, 0, 7)):
+            yield images
 
 
 class SeededTransform:
