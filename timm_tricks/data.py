@@ -219,6 +219,7 @@ def decode_image(path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import pil_to_tensor
 
+    _quiet_torchvision_io()
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -230,6 +231,21 @@ def decode_image(path: str) -> torch.Tensor:
         except RuntimeError:
             pass  # PIL decides, and names the file if it cannot read it either
     return pil_to_tensor(checked_image_loader(path))
+
+
+_TORCHVISION_IO = "The image decoding and encoding capabilities of TorchVision"
+
+
+def _quiet_torchvision_io() -> None:
+    """Silence the DeprecationWarning torchvision 0.29 attaches to every image decode (its decoders are to move to
+    TorchCodec; the pinned torchvision==0.29.1 has them, and PIL takes over where they fail). Checked on each call:
+    a ``warnings.catch_warnings`` block (pytest's, for one) restores the filters it found."""
+    import re
+    import warnings
+
+    entry = ("ignore", re.compile(_TORCHVISION_IO, re.I), DeprecationWarning, None, 0)
+    if entry not in warnings.filters:
+        warnings.filterwarnings("ignore", message=_TORCHVISION_IO, category=DeprecationWarning)
 
 
 def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any,
