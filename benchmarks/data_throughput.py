@@ -26,7 +26,7 @@ ratio of the medians. Everything runs on the CPU, in one process with its DataLo
 time each image costs, summed over the main process and the workers (psutil), which the other jobs on the machine
 disturb much less.
 
-    python benchmarks/data_throughput.py --images 2000 --repeats 5 --workers 1,2 [--write-docs]
+    python benchmarks/data_throughput.py --images 2000 --repeats 5 --bot-repeats 3 --workers 1,2 [--write-docs]
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--no-bot", action="store_true", help="skip the Bag of Tricks row")
+    parser.add_argument("--bot-repeats", type=int, default=3, help="passes per side of the Bag of Tricks rows; 0 skips")
     parser.add_argument("--root", type=Path, help="use (or write) the folder here instead of a temporary one")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section in docs")
     args = parser.parse_args()
@@ -191,7 +191,8 @@ def main() -> None:
         lines = [HEADING, "", f"Command: `{command}`", "", f"- Machine: {where}",
                  f"- Data: {args.images} training JPEGs of about 500x375 (quality 90, mean {kb:.0f} KB), 10 classes; "
                  f"{SIZE}x{SIZE} crops, batch {args.batch}, {args.repeats} alternating passes per side after a "
-                 "warm-up, CPU only (the float stage runs in the main process)", "",
+                 f"warm-up ({args.bot_repeats} for the Bag of Tricks rows), CPU only (the float stage runs in the "
+                 f"main process), torch threads in the main process: {torch.get_num_threads()}", "",
                  "| chain | workers | project img/s | other img/s | ratio | project range | other range | "
                  "project CPU ms/img | other CPU ms/img | CPU ratio |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -200,10 +201,10 @@ def main() -> None:
                              "timm": timm_passes(root, args.batch, w, "plain")}, args.repeats)
             lines.append(_row("like for like (crop, flip, normalise) vs timm", w, rates))
             print(lines[-1], flush=True)
-        for w in ([] if args.no_bot else [int(v) for v in args.workers.split(",")]):
+        for w in ([int(v) for v in args.workers.split(",")] if args.bot_repeats else []):
             rates = measure({"project": project_passes(root, args.batch, w, "bot"),
                              "timm": timm_passes(root, args.batch, w, "bot"),
-                             "before": project_passes(root, args.batch, w, "per-image")}, args.repeats)
+                             "before": project_passes(root, args.batch, w, "per-image")}, args.bot_repeats)
             lines.append(_row("Bag of Tricks (+ HSV, PCA) vs timm + jitter 0.4", w, rates))
             lines.append(_row("Bag of Tricks vs the project's per-image pipeline", w, rates, other="before"))
             print(*lines[-2:], sep="\n", flush=True)

@@ -303,6 +303,13 @@ class BatchDraws:
     order: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
 
+    def part(self, start: int, stop: int) -> BatchDraws:
+        """The draws of images ``start`` to ``stop - 1``."""
+        def cut(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+            return None if t is None else t.narrow(dim, start, stop - start)
+
+        return BatchDraws(cut(self.color, 1), cut(self.order, 0), cut(self.alpha, 0))
+
 
 class BotBatchStage:
     """The per-batch half of the Bag of Tricks pipeline (He et al. 2019, Sec. 2.1), on the device, in float: uint8
@@ -318,6 +325,10 @@ class BotBatchStage:
     draw reads the device. Image ``i`` of ``apply(x, d)`` equals the per-image functions on image ``i`` with the
     same numbers (``tests/test_pipeline.py``).
     """
+
+    #: Images a CPU colours at a time: the float chain over a chunk stays in the caches (measured about 1.7x
+    #: faster than over a batch of 64 at 224 px, benchmarks/data_throughput.py); the result is the same.
+    cpu_chunk = 8
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  color: str | None = None, pca_std: float | None = 0.0) -> None:
@@ -343,9 +354,13 @@ class BotBatchStage:
         """The batch ``images`` (uint8, or float on the 0-1 scale) through the stage with the numbers ``draws``."""
         check_batch(images, "images")
         scale, shift, mean, std, eigval, eigvec = self._on(images.device)
-        eight_bit = not images.is_floating_point()
+        eight_bit, plain = not images.is_floating_point(), draws.color is None and draws.alpha is None
+        n, c = images.shape[0], self.cpu_chunk
+        if images.device.type == "cpu" and n > c and not plain:  # the same per-image operations, a cache-sized
+            parts = [self.apply(images[i:i + c], draws.part(i, min(n, i + c))) for i in range(0, n, c)]  # chunk
+            return torch.cat(parts)  # at a time
         x = images.float() if eight_bit else images.to(torch.float32, copy=True)
-        if draws.color is None and draws.alpha is None:
+        if plain:
             return x.mul_(scale).add_(shift) if eight_bit else x.sub_(mean).div_(std)
         if eight_bit:
             x = x.div_(255.0)

@@ -110,86 +110,109 @@ class SeededDataset(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-class KeyBatches(torch.utils.data.Sampler):
-    """The batch sampler of a persistent DataLoader: the main process sets the keys of the next pass before it
-    starts one (:meth:`set`), in batches of ``batch`` (the last one may be short)."""
+class BatchReader(torch.utils.data.Dataset):
+    """Whole batches of a :class:`SeededDataset`, read by one DataLoader worker each: key ``(epoch, step,
+    indices, stream)`` gives the stacked samples and labels, each sample seeded by ``(seed, epoch, index)``.
 
-    def __init__(self) -> None:
-        self.keys: list[Any] = []
-        self.batch = 1
+    With a ``stage`` (on the CPU: :class:`FileBatches` runs the float stage where the batch is made, so the workers
+    share it) the batch then goes through ``stage(images, generator)``, the generator seeded by ``(seed, epoch,
+    step, stream, 6)``: the numbers the device stage of a CUDA run draws for the same batch."""
 
-    def set(self, keys: list[Any], batch: int) -> None:
-        self.keys, self.batch = keys, batch
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        for i in range(0, len(self.keys), self.batch):
-            yield self.keys[i:i + self.batch]
+    def __init__(self, dataset: SeededDataset, stage: Any = None) -> None:
+        self.dataset, self.stage = dataset, stage
 
     def __len__(self) -> int:
-        return -(-len(self.keys) // self.batch)
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, step, indices, stream = key
+        images, labels = torch.utils.data.default_collate([self.dataset[(epoch, i)] for i in indices])
+        if self.stage is not None:
+            images = self.stage(images, generator(self.dataset.seed, epoch, step, stream, 6))
+        return images, labels
+
+
+class BatchKeys(torch.utils.data.Sampler):
+    """The keys of the batches a persistent DataLoader reads next (:class:`BatchReader`), set by the main process
+    before each pass (:meth:`set`): ``indices`` in batches of ``batch`` (the last one may be short), numbered from
+    ``first``."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int, list[int], int]] = []
+
+    def set(self, epoch: int, indices: list[int], batch: int, first: int = 0, stream: int = 0) -> None:
+        self.keys = [(epoch, first + k, indices[i:i + batch], stream)
+                     for k, i in enumerate(range(0, len(indices), batch))]
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[int], int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class FileBatches:
     """Batches of a file data set through DataLoader workers.
 
-    The workers stay up from one pass to the next (``persistent_workers``) and read ``prefetch_factor`` batches
-    ahead each; on CUDA the batches come in pinned memory and are copied without blocking. With ``stages``
-    ``(train, eval)`` the data sets' transforms stop at uint8 images (decode, crop, flip:
-    :func:`~timm_tricks.augment.bot_crop_transform`) and the float half runs here, on the device, on the whole
-    batch (:class:`~timm_tricks.augment.BotBatchStage`: colour, lighting, normalisation), its draws seeded by
-    ``(seed, epoch, step, process)``; without, the transforms give the finished float images.
+    Each worker reads whole batches (:class:`BatchReader`); the workers stay up from one pass to the next
+    (``persistent_workers``) and read ``prefetch_factor`` batches ahead each; on CUDA the batches come in pinned
+    memory and are copied without blocking. With ``stages`` ``(train, eval)`` the data sets' transforms stop at
+    uint8 images (decode, crop, flip: :func:`~timm_tricks.augment.bot_crop_transform`) and the float half runs on
+    the whole batch (:class:`~timm_tricks.augment.BotBatchStage`: colour, lighting, normalisation), its draws seeded
+    by ``(seed, epoch, step, process)``: on a CUDA device after the copy, on the CPU in the worker that made the
+    batch (the same numbers either way). Without, the transforms give the finished float images.
     """
 
     prefetch_factor = 2
 
     def __init__(self, train: Any, val: Any, num_classes: int, shard: Shard, device: torch.device,
                  workers: int = 0, stages: tuple[Any, Any] | None = None) -> None:
-        self.train, self.val = SeededDataset(train, shard.seed), val
+        self.train, self.val = SeededDataset(train, shard.seed), SeededDataset(val, shard.seed)
         self.shard, self.device, self.workers, self.stages = shard, device, workers, stages
         self.channels = 3  # the folder and timm readers open every image as RGB
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
-        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, KeyBatches]] = {}
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, BatchKeys]] = {}
 
-    def _loader(self, split: str, keys: list[Any], batch_size: int) -> torch.utils.data.DataLoader:
-        """The persistent DataLoader of ``split`` (made on first use), set to read ``keys``."""
+    def _stage(self, split: str) -> Any:
+        return self.stages[split == "eval"] if self.stages else None
+
+    def _loader(self, split: str) -> tuple[torch.utils.data.DataLoader, BatchKeys]:
+        """The persistent DataLoader of ``split`` and its keys (made on first use)."""
         if split not in self._loaders:
-            sampler = KeyBatches()
+            on_cpu = self.device.type == "cpu"
+            reader = BatchReader(self.train if split == "train" else self.val, self._stage(split) if on_cpu else None)
+            keys = BatchKeys()
             more = dict(persistent_workers=True, prefetch_factor=self.prefetch_factor) if self.workers else {}
-            loader = torch.utils.data.DataLoader(
-                self.train if split == "train" else self.val, batch_sampler=sampler, num_workers=self.workers,
-                pin_memory=self.device.type == "cuda", **more)
-            self._loaders[split] = (loader, sampler)
-        loader, sampler = self._loaders[split]
-        sampler.set(keys, batch_size)
-        return loader
+            self._loaders[split] = (torch.utils.data.DataLoader(
+                reader, batch_size=None, sampler=keys, num_workers=self.workers, pin_memory=not on_cpu, **more), keys)
+        return self._loaders[split]
 
-    def _batches(self, loader: torch.utils.data.DataLoader, stage: Any, seeds: tuple[int, ...] | None,
-                 first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``loader``'s batches on the device, through ``stage`` with batch ``k``'s draws from a generator seeded
-        by ``(*seeds[:2], k, *seeds[2:])``."""
+    def _batches(self, split: str, epoch: int, indices: list[int], batch: int, first: int = 0,
+                 stream: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``first, first + 1, ...`` of ``indices`` on the device, through the split's stage."""
+        loader, keys = self._loader(split)
+        keys.set(epoch, indices, batch, first, stream)
+        stage = self._stage(split) if self.device.type != "cpu" else None  # on the CPU the workers ran it
         for k, (images, labels) in enumerate(one_line_errors(loader), first):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if stage is not None:
-                images = stage(images, generator(*seeds[:2], k, *seeds[2:]) if seeds is not None else None)
+                images = stage(images, generator(self.shard.seed, epoch, k, stream, 6))
             yield images, labels
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.train.epoch = epoch
-        keys = [(epoch, i) for i in self.shard.order(epoch, start_step).tolist()]
-        loader = self._loader("train", keys, self.shard.batch)
-        stage = self.stages[0] if self.stages else None
-        yield from self._batches(loader, stage, (self.shard.seed, epoch, self.shard.rank, 6), start_step)
+        yield from self._batches("train", epoch, self.shard.order(epoch, start_step).tolist(), self.shard.batch,
+                                 start_step, self.shard.rank)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = self._loader("eval", list(self.shard.eval_indices(len(self.val))), batch_size)
-        yield from self._batches(loader, self.stages[1] if self.stages else None, None)
+        yield from self._batches("eval", 0, list(self.shard.eval_indices(len(self.val))), batch_size)
 
     def sample_images(self, n: int) -> Iterator[torch.Tensor]:
         """The first ``n`` training samples through the training transforms as in epoch 0, the same on every
-        process (their stage draws seeded apart from training's): the images an input whitening is fitted to
-        (:func:`timm_tricks.whitening.training_images`)."""
-        loader = self._loader("train", [(0, i) for i in range(min(n, len(self.train)))], self.shard.batch)
-        for images, _ in self._batches(loader, self.stages[0] if self.stages else None, (self.shard.seed, 0, 7)):
+        process (stage draws from stream -1, apart from every process's training draws): the images an input
+        whitening is fitted to (:func:`timm_tricks.whitening.training_images`)."""
+        for images, _ in self._batches("train", 0, list(range(min(n, len(self.train)))), self.shard.batch,
+                                       stream=-1):
             yield images
 
 
