@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="use (or write) the folder here instead of a temporary one")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section in docs")
     args = parser.parse_args()
-    command = "python benchmarks/data_throughput.py " + shlex.join(sys.argv[1:])
+    command = ("python benchmarks/data_throughput.py " + shlex.join(sys.argv[1:])).rstrip()
     where = machine()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "imagenet-like"

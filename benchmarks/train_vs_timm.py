@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--timm-train", type=Path, help="timm's train.py (from its repository; not in the pip package)")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section in docs")
     args = parser.parse_args()
-    command = "python benchmarks/train_vs_timm.py " + shlex.join(sys.argv[1:])
+    command = ("python benchmarks/train_vs_timm.py " + shlex.join(sys.argv[1:])).rstrip()
     where = machine()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "digits"

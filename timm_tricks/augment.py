@@ -8,6 +8,10 @@ The pipelines (He et al., "Bag of Tricks", CVPR 2019, Sec. 2.1) are :func:`bot_t
 
 What torchvision already does (random resized crop, flip, resize, centre crop, normalise, colour jitter) is reused
 from ``torchvision.transforms.v2``; only what it lacks is written here.
+
+The trainer's file pipeline runs the same chain split in two: per image in the DataLoader workers only what must be
+done per image (:func:`bot_crop_transform`, :func:`centre_crop_transform`: crop and flip, kept 8-bit), per batch on
+the device in float the rest (:class:`BotBatchStage`: colour, PCA lighting, normalisation; :func:`jitter_batch`).
 """
 
 from __future__ import annotations
@@ -337,6 +341,11 @@ class BotBatchStage:
         self.mean, self.std = tuple(norm.mean), tuple(norm.std)
         self.color, self.pca_std = color, float(pca_std or 0.0)
         self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def colours(self) -> bool:
+        """Whether the stage draws anything (colour or lighting), beyond normalising."""
+        return self.color is not None or self.pca_std > 0
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> BatchDraws:
         """The random numbers of a batch of ``n`` images, on the generator's device (CPU without one)."""

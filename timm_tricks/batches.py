@@ -1,5 +1,6 @@
 """Batch sources of the trainer: an in-memory data set augmented by the batch on the device, a file data set
-through DataLoader workers (both shard and order their samples with :class:`Shard`), or a streamed timm data set
+through DataLoader workers that decode and crop while the device does the float work on each batch
+(:class:`FileBatches`; both shard and order their samples with :class:`Shard`), or a streamed timm data set
 sharded by timm's readers (:class:`IterableBatches`).
 :func:`timm_tricks.build.build_batches` makes the one a config asks for.
 
@@ -159,8 +160,9 @@ class FileBatches:
     memory and are copied without blocking. With ``stages`` ``(train, eval)`` the data sets' transforms stop at
     uint8 images (decode, crop, flip: :func:`~timm_tricks.augment.bot_crop_transform`) and the float half runs on
     the whole batch (:class:`~timm_tricks.augment.BotBatchStage`: colour, lighting, normalisation), its draws seeded
-    by ``(seed, epoch, step, process)``: on a CUDA device after the copy, on the CPU in the worker that made the
-    batch (the same numbers either way). Without, the transforms give the finished float images.
+    by ``(seed, epoch, step, process)``: on the device after the copy, or, on the CPU, colour and lighting in the
+    worker that made the batch (the same numbers either way). Without, the transforms give the finished float
+    images.
     """
 
     prefetch_factor = 2
@@ -176,15 +178,22 @@ class FileBatches:
     def _stage(self, split: str) -> Any:
         return self.stages[split == "eval"] if self.stages else None
 
+    def _in_workers(self, split: str) -> bool:
+        """Whether the workers run the split's stage: on the CPU, when it colours or lights (its float chain costs
+        more than a worker's decode and crop, so the workers share it); normalisation alone stays in the main
+        process, where it costs less than sending float32 batches between processes (docs/benchmarks.md)."""
+        return self.device.type == "cpu" and self.workers > 0 and getattr(self._stage(split), "colours", False)
+
     def _loader(self, split: str) -> tuple[torch.utils.data.DataLoader, BatchKeys]:
         """The persistent DataLoader of ``split`` and its keys (made on first use)."""
         if split not in self._loaders:
-            on_cpu = self.device.type == "cpu"
-            reader = BatchReader(self.train if split == "train" else self.val, self._stage(split) if on_cpu else None)
+            dataset = self.train if split == "train" else self.val
+            reader = BatchReader(dataset, self._stage(split) if self._in_workers(split) else None)
             keys = BatchKeys()
             more = dict(persistent_workers=True, prefetch_factor=self.prefetch_factor) if self.workers else {}
             self._loaders[split] = (torch.utils.data.DataLoader(
-                reader, batch_size=None, sampler=keys, num_workers=self.workers, pin_memory=not on_cpu, **more), keys)
+                reader, batch_size=None, sampler=keys, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", **more), keys)
         return self._loaders[split]
 
     def _batches(self, split: str, epoch: int, indices: list[int], batch: int, first: int = 0,
@@ -192,7 +201,7 @@ class FileBatches:
         """Batches ``first, first + 1, ...`` of ``indices`` on the device, through the split's stage."""
         loader, keys = self._loader(split)
         keys.set(epoch, indices, batch, first, stream)
-        stage = self._stage(split) if self.device.type != "cpu" else None  # on the CPU the workers ran it
+        stage = None if self._in_workers(split) else self._stage(split)
         for k, (images, labels) in enumerate(one_line_errors(loader), first):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if stage is not None:
