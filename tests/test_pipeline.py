@@ -178,10 +178,14 @@ def _batches(root, workers, *overrides):
                          torch.device("cpu"))
 
 
-def test_folder_batches_are_the_same_with_any_workers_and_resume_exactly(tmp_path):
+@pytest.mark.parametrize("sets", [(), ("augment.color=null", "augment.pca_std=0")], ids=["bot", "plain"])
+def test_folder_batches_are_the_same_with_any_workers_and_resume_exactly(tmp_path, sets):
+    """On the CPU a colouring stage runs in the workers, normalisation alone in the main process: either way the
+    batches are those of the main process alone, and a resumed epoch gives the same batches from its step on."""
     _folder(tmp_path)
-    none, two = _batches(tmp_path, 0), _batches(tmp_path, 2)
+    none, two = _batches(tmp_path, 0, *sets), _batches(tmp_path, 2, *sets)
     assert isinstance(two, FileBatches) and two.steps_per_epoch == 7
+    assert two._in_workers("train") == (not sets) and not none._in_workers("train") and not two._in_workers("eval")
     full = list(none.train_batches(1))
     assert len(full) == 7 and full[0][0].dtype == torch.float32 and full[0][0].shape == (4, 3, 24, 24)
     for workers in (none, two):

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import PIL.Image
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .batch_augment import (
     BatchAugment,
@@ -71,6 +73,7 @@ __all__ = [
     "cutout_at",
     "cutout",
     "BatchAugment",
+    "CropFlip",
     "bot_crop_transform",
     "centre_crop_transform",
     "jitter_batch",
@@ -243,13 +246,33 @@ def bot_eval_transform(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class CropFlip:
+    """A random resized crop, then a horizontal flip with probability ``flip_p``, to a uint8 tensor: the first two
+    steps of :func:`bot_train_transform` with exactly their draws (``v2.RandomResizedCrop.make_params``, then one
+    ``torch.rand(1) < flip_p``), called directly rather than through ``v2.Compose``, whose per-call dispatch costs
+    about a tenth of the crop at 224 px."""
+
+    def __init__(self, crop: v2.RandomResizedCrop, flip_p: float) -> None:
+        self.crop, self.flip_p = crop, flip_p
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        c = self.crop
+        out = TF.resized_crop(img, **c.make_params([img]), size=c.size, interpolation=c.interpolation, antialias=True)
+        if torch.rand(1) < self.flip_p:  # v2's RandomHorizontalFlip draws the same number, always
+            out = TF.horizontal_flip(out)
+        return TF.pil_to_tensor(out) if isinstance(out, PIL.Image.Image) else out.as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.crop}, flip_p={self.flip_p})"
+
+
 def bot_crop_transform(
     size: int = 224,
     *,
     crop: tuple[tuple[float, float], tuple[float, float]] = ((0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)),
     flip_p: float = 0.5,
     interpolation: str = "bilinear",
-) -> v2.Compose:
+) -> CropFlip:
     """The per-image half of :func:`bot_train_transform` (He et al. 2019, Sec. 2.1): its random resized crop and
     horizontal flip, with the same arguments and the same draws from torch's global generator, so that under the
     same seed both crop the same box and flip alike. The image stays 8-bit; :class:`BotBatchStage` does the rest on
@@ -257,11 +280,12 @@ def bot_crop_transform(
     ``PrefetchLoader``, ``timm/data/loader.py``).
 
     Returns:
-        A ``torchvision.transforms.v2.Compose`` mapping a PIL image or a uint8 ``(3, H, W)`` tensor to a plain uint8
-        ``(3, size, size)`` tensor. A tensor is cropped and resized by torch (bilinear with antialias, as PIL's
-        filter; the two differ by rounding, at most a few levels of 255).
+        A :class:`CropFlip` mapping a PIL image or a uint8 ``(3, H, W)`` tensor to a plain uint8 ``(3, size, size)``
+        tensor. A tensor is cropped and resized by torch (bilinear with antialias, as PIL's filter; the two differ
+        by rounding, at most a few levels of 255).
     """
-    return v2.Compose([*_crop_and_flip(size, crop, flip_p, interpolation), v2.ToImage(), v2.ToPureTensor()])
+    rrc, flip = _crop_and_flip(size, crop, flip_p, interpolation)
+    return CropFlip(rrc, flip.p)
 
 
 def centre_crop_transform(size: int = 224, resize: int = 256, *, interpolation: str = "bilinear") -> v2.Compose:
