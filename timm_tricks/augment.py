@@ -246,6 +246,15 @@ def bot_eval_transform(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _resized_crop_channels_last(img: torch.Tensor, box: dict[str, int], size: list[int], mode: str) -> torch.Tensor:
+    """``TF.resized_crop`` of a ``(3, H, W)`` tensor with antialias, bit for bit, kept in channels-last memory (the
+    layout ``decode_image`` gives): torch's uint8 resize kernel reads and writes it directly, where torchvision's
+    wrapper converts the result back to planes (about a third of the crop's time at 224 px)."""
+    t, left, h, w = box["top"], box["left"], box["height"], box["width"]
+    region = img[None, :, t:t + h, left:left + w].contiguous(memory_format=torch.channels_last)
+    return torch.nn.functional.interpolate(region, size=list(size), mode=mode, antialias=True, align_corners=False)[0]
+
+
 class CropFlip:
     """A random resized crop, then a horizontal flip with probability ``flip_p``, to a uint8 tensor: the first two
     steps of :func:`bot_train_transform` with exactly their draws (``v2.RandomResizedCrop.make_params``, then one
@@ -257,7 +266,11 @@ class CropFlip:
 
     def __call__(self, img: Any) -> torch.Tensor:
         c = self.crop
-        out = TF.resized_crop(img, **c.make_params([img]), size=c.size, interpolation=c.interpolation, antialias=True)
+        box = c.make_params([img])
+        if isinstance(img, torch.Tensor) and c.interpolation.value in ("bilinear", "bicubic"):
+            out = _resized_crop_channels_last(img, box, c.size, c.interpolation.value)
+        else:
+            out = TF.resized_crop(img, **box, size=c.size, interpolation=c.interpolation, antialias=True)
         if torch.rand(1) < self.flip_p:  # v2's RandomHorizontalFlip draws the same number, always
             out = TF.horizontal_flip(out)
         return TF.pil_to_tensor(out) if isinstance(out, PIL.Image.Image) else out.as_subclass(torch.Tensor)

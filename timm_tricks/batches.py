@@ -127,10 +127,21 @@ class BatchReader(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, step, indices, stream = key
-        images, labels = torch.utils.data.default_collate([self.dataset[(epoch, i)] for i in indices])
+        images, labels = stack([self.dataset[(epoch, i)] for i in indices])
         if self.stage is not None:
             images = self.stage(images, generator(self.dataset.seed, epoch, step, stream, 6))
         return images, labels
+
+
+def stack(samples: list[Any]) -> tuple[Any, Any]:
+    """``default_collate`` of ``(image, label)`` samples, except that images held in channels-last memory (as
+    :class:`~timm_tricks.augment.CropFlip` gives them) stay so: stacked as ``(N, H, W, C)``, a plain copy each,
+    and seen as ``(N, C, H, W)`` in the channels-last format (a model trained channels-last takes them as they are)."""
+    images, labels = [s[0] for s in samples], [s[1] for s in samples]
+    if all(isinstance(x, torch.Tensor) and x.ndim == 3 and x.permute(1, 2, 0).is_contiguous() for x in images):
+        hwc = torch.utils.data.default_collate([x.permute(1, 2, 0) for x in images])  # shared memory in a worker
+        return hwc.permute(0, 3, 1, 2), torch.utils.data.default_collate(labels)
+    return torch.utils.data.default_collate(images), torch.utils.data.default_collate(labels)
 
 
 class BatchKeys(torch.utils.data.Sampler):
