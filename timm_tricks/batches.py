@@ -1,5 +1,6 @@
 """Batch sources of the trainer: an in-memory data set augmented by the batch on the device, a file data set
-through DataLoader workers (both shard and order their samples with :class:`Shard`), or a streamed timm data set
+through DataLoader workers that decode and crop while the device does the float work on each batch
+(:class:`FileBatches`; both shard and order their samples with :class:`Shard`), or a streamed timm data set
 sharded by timm's readers (:class:`IterableBatches`).
 :func:`timm_tricks.build.build_batches` makes the one a config asks for.
 
@@ -10,15 +11,17 @@ visits exactly the samples the uninterrupted one would have.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import TensorData, normalize
 from .errors import ConfigError, DataError
-from .seeding import generator, seed_everything, step_seed
+from .seeding import generator, step_seed
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,21 @@ class TensorBatches:
             yield normalize(self.data.val_images[idx], self.data.mean, self.data.std), self.data.val_labels[idx]
 
 
+def seed_host(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's CPU generators, which the per-image transforms draw from: what
+    :func:`~timm_tricks.seeding.seed_everything` does for them (the same draws), without its CUDA seeding, which
+    before CUDA starts queues a lazy call with a formatted traceback (about 0.2 ms a sample)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.default_generator.manual_seed(seed)
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Wraps a file data set so each sample's random transform is seeded by ``(seed, epoch, index)``: the same
-    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too."""
+    augmentation whichever worker loads it, which makes mid-epoch resume exact for file data too.
+
+    A key is an index (read in epoch :attr:`epoch`) or an ``(epoch, index)`` pair: persistent DataLoader workers
+    keep the copy of this object they started with, so :class:`FileBatches` sends the epoch with every key."""
 
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -90,37 +105,135 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        seed_everything(step_seed(self.seed, self.epoch, index, 2))
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        seed_host(step_seed(self.seed, epoch, index, 2))
         return self.dataset[index]
 
 
+class BatchReader(torch.utils.data.Dataset):
+    """Whole batches of a :class:`SeededDataset`, read by one DataLoader worker each: key ``(epoch, step,
+    indices, stream)`` gives the stacked samples and labels, each sample seeded by ``(seed, epoch, index)``.
+
+    With a ``stage`` (on the CPU: :class:`FileBatches` runs the float stage where the batch is made, so the workers
+    share it) the batch then goes through ``stage(images, generator)``, the generator seeded by ``(seed, epoch,
+    step, stream, 6)``: the numbers the device stage of a CUDA run draws for the same batch."""
+
+    def __init__(self, dataset: SeededDataset, stage: Any = None) -> None:
+        self.dataset, self.stage = dataset, stage
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, step, indices, stream = key
+        images, labels = stack([self.dataset[(epoch, i)] for i in indices])
+        if self.stage is not None:
+            images = self.stage(images, generator(self.dataset.seed, epoch, step, stream, 6))
+        return images, labels
+
+
+def stack(samples: list[Any]) -> tuple[Any, Any]:
+    """``default_collate`` of ``(image, label)`` samples, except that images held in channels-last memory (as
+    :class:`~timm_tricks.augment.CropFlip` gives them) stay so: stacked as ``(N, H, W, C)``, a plain copy each,
+    and seen as ``(N, C, H, W)`` in the channels-last format (a model trained channels-last takes them as they are)."""
+    images, labels = [s[0] for s in samples], [s[1] for s in samples]
+    if all(isinstance(x, torch.Tensor) and x.ndim == 3 and x.permute(1, 2, 0).is_contiguous() for x in images):
+        hwc = torch.utils.data.default_collate([x.permute(1, 2, 0) for x in images])  # shared memory in a worker
+        return hwc.permute(0, 3, 1, 2), torch.utils.data.default_collate(labels)
+    return torch.utils.data.default_collate(images), torch.utils.data.default_collate(labels)
+
+
+class BatchKeys(torch.utils.data.Sampler):
+    """The keys of the batches a persistent DataLoader reads next (:class:`BatchReader`), set by the main process
+    before each pass (:meth:`set`): ``indices`` in batches of ``batch`` (the last one may be short), numbered from
+    ``first``."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int, list[int], int]] = []
+
+    def set(self, epoch: int, indices: list[int], batch: int, first: int = 0, stream: int = 0) -> None:
+        self.keys = [(epoch, first + k, indices[i:i + batch], stream)
+                     for k, i in enumerate(range(0, len(indices), batch))]
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[int], int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class FileBatches:
-    """Batches of a file data set through DataLoader workers."""
+    """Batches of a file data set through DataLoader workers.
+
+    Each worker reads whole batches (:class:`BatchReader`); the workers stay up from one pass to the next
+    (``persistent_workers``) and read ``prefetch_factor`` batches ahead each; on CUDA the batches come in pinned
+    memory and are copied without blocking. With ``stages`` ``(train, eval)`` the data sets' transforms stop at
+    uint8 images (decode, crop, flip: :func:`~timm_tricks.augment.bot_crop_transform`) and the float half runs on
+    the whole batch (:class:`~timm_tricks.augment.BotBatchStage`: colour, lighting, normalisation), its draws seeded
+    by ``(seed, epoch, step, process)``: on the device after the copy, or, on the CPU, colour and lighting in the
+    worker that made the batch (the same numbers either way). Without, the transforms give the finished float
+    images.
+    """
+
+    prefetch_factor = 2
 
     def __init__(self, train: Any, val: Any, num_classes: int, shard: Shard, device: torch.device,
-                 workers: int = 0) -> None:
-        self.train, self.val = SeededDataset(train, shard.seed), val
-        self.shard, self.device, self.workers = shard, device, workers
+                 workers: int = 0, stages: tuple[Any, Any] | None = None) -> None:
+        self.train, self.val = SeededDataset(train, shard.seed), SeededDataset(val, shard.seed)
+        self.shard, self.device, self.workers, self.stages = shard, device, workers, stages
         self.channels = 3  # the folder and timm readers open every image as RGB
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, num_classes
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, BatchKeys]] = {}
 
-    def _loader(self, dataset: Any, indices: list[int], batch_size: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
+    def _stage(self, split: str) -> Any:
+        return self.stages[split == "eval"] if self.stages else None
 
-    def _to_device(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in one_line_errors(loader):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+    def _in_workers(self, split: str) -> bool:
+        """Whether the workers run the split's stage: on the CPU, when it colours or lights (its float chain costs
+        more than a worker's decode and crop, so the workers share it); normalisation alone stays in the main
+        process, where it costs less than sending float32 batches between processes (docs/benchmarks.md)."""
+        return self.device.type == "cpu" and self.workers > 0 and getattr(self._stage(split), "colours", False)
+
+    def _loader(self, split: str) -> tuple[torch.utils.data.DataLoader, BatchKeys]:
+        """The persistent DataLoader of ``split`` and its keys (made on first use)."""
+        if split not in self._loaders:
+            dataset = self.train if split == "train" else self.val
+            reader = BatchReader(dataset, self._stage(split) if self._in_workers(split) else None)
+            keys = BatchKeys()
+            more = dict(persistent_workers=True, prefetch_factor=self.prefetch_factor) if self.workers else {}
+            self._loaders[split] = (torch.utils.data.DataLoader(
+                reader, batch_size=None, sampler=keys, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", **more), keys)
+        return self._loaders[split]
+
+    def _batches(self, split: str, epoch: int, indices: list[int], batch: int, first: int = 0,
+                 stream: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``first, first + 1, ...`` of ``indices`` on the device, through the split's stage."""
+        loader, keys = self._loader(split)
+        keys.set(epoch, indices, batch, first, stream)
+        stage = None if self._in_workers(split) else self._stage(split)
+        for k, (images, labels) in enumerate(one_line_errors(loader), first):
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if stage is not None:
+                images = stage(images, generator(self.shard.seed, epoch, k, stream, 6))
+            yield images, labels
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.train.epoch = epoch
-        yield from self._to_device(self._loader(self.train, self.shard.order(epoch, start_step).tolist(),
-                                                self.shard.batch))
+        yield from self._batches("train", epoch, self.shard.order(epoch, start_step).tolist(), self.shard.batch,
+                                 start_step, self.shard.rank)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self._to_device(self._loader(self.val, list(self.shard.eval_indices(len(self.val))), batch_size))
+        yield from self._batches("eval", 0, list(self.shard.eval_indices(len(self.val))), batch_size)
+
+    def sample_images(self, n: int) -> Iterator[torch.Tensor]:
+        """The first ``n`` training samples through the training transforms as in epoch 0, the same on every
+        process (stage draws from stream -1, apart from every process's training draws): the images an input
+        whitening is fitted to (:func:`timm_tricks.whitening.training_images`)."""
+        for images, _ in self._batches("train", 0, list(range(min(n, len(self.train)))), self.shard.batch,
+                                       stream=-1):
+            yield images
 
 
 class SeededTransform:
@@ -138,7 +251,7 @@ class SeededTransform:
 
     def __call__(self, img: Any) -> Any:
         info = torch.utils.data.get_worker_info()
-        seed_everything(step_seed(self.seed, self.epoch, self.attempt, self.rank, info.id if info else 0,
+        seed_host(step_seed(self.seed, self.epoch, self.attempt, self.rank, info.id if info else 0,
                                   self.count, 5))
         self.count += 1
         return self.transform(img) if self.transform is not None else img

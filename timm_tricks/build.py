@@ -24,7 +24,7 @@ from torch import nn
 from .batches import FileBatches, IterableBatches, Shard, TensorBatches
 from .choices import INTERPOLATIONS
 from .config import Config
-from .data import Source, folder_datasets, is_iterable_timm, load_tensor_data, timm_datasets
+from .data import Source, decode_image, folder_datasets, is_iterable_timm, load_tensor_data, timm_datasets
 from .errors import ConfigError
 from .losses import DistillationLoss, LabelSmoothingCrossEntropy
 from .optim import create_optimizer
@@ -298,22 +298,43 @@ def build_batches(cfg: Config, source: Source, shard_of: Any, device: torch.devi
 
             augment = BatchAugment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout or None)
         return TensorBatches(data, shard_of(len(data.train_labels)), device, augment)
+    if source.kind == "folder" or not is_iterable_timm(source.arg or ""):
+        return _file_batches(cfg, source, shard_of, device, download)
     from .augment import bot_eval_transform, bot_train_transform
 
     norm = dict(mean=a.mean, std=a.std, interpolation=a.interpolation or "bilinear")
     train_tf = bot_train_transform(size=size, pca_std=a.pca_std, color=a.color, **norm) if a.train == "bot" else \
         bot_eval_transform(size=size, resize=a.eval_resize or size, **norm)
     eval_tf = bot_eval_transform(size=size, resize=a.eval_resize or round(size / 0.875), **norm)
-    if source.kind == "folder":
-        train, val, n = folder_datasets(source.arg, train_tf, eval_tf)
-        return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers)
     train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download, seed=cfg.train.seed)
     n = n or cfg.model.num_classes
     if n is None:
         raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
-    if is_iterable_timm(source.arg):
-        return IterableBatches(train, val, n, shard_of(train.reader.num_samples), device, cfg.data.workers)
-    return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers)
+    return IterableBatches(train, val, n, shard_of(train.reader.num_samples), device, cfg.data.workers)
+
+
+def _file_batches(cfg: Config, source: Source, shard_of: Any, device: torch.device, download: bool) -> FileBatches:
+    """A folder or a map-style timm data set, its pipeline split in two: the DataLoader workers decode, crop and
+    flip each image (uint8), the device colours, lights and normalises each batch in float
+    (:func:`~timm_tricks.augment.bot_crop_transform`, :class:`~timm_tricks.augment.BotBatchStage`)."""
+    from .augment import BotBatchStage, bot_crop_transform, centre_crop_transform
+
+    a, size = cfg.augment, cfg.data.image_size
+    interpolation = a.interpolation or "bilinear"
+    train_tf = bot_crop_transform(size, interpolation=interpolation) if a.train == "bot" else \
+        centre_crop_transform(size, a.eval_resize or size, interpolation=interpolation)
+    eval_tf = centre_crop_transform(size, a.eval_resize or round(size / 0.875), interpolation=interpolation)
+    bot = a.train == "bot"
+    stages = (BotBatchStage(a.mean, a.std, color=a.color if bot else None, pca_std=a.pca_std if bot else 0.0),
+              BotBatchStage(a.mean, a.std))
+    if source.kind == "folder":
+        train, val, n = folder_datasets(source.arg, train_tf, eval_tf, loader=decode_image)
+        return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers, stages)
+    train, val, n = timm_datasets(source.arg, train_tf, eval_tf, download=download, seed=cfg.train.seed)
+    n = n or cfg.model.num_classes
+    if n is None:
+        raise ConfigError(f"cannot tell the number of classes of {cfg.data.source!r}; set model.num_classes")
+    return FileBatches(train, val, n, shard_of(len(train)), device, cfg.data.workers, stages)
 
 
 def shard_of(cfg: Config, rank: int, world: int) -> Any:

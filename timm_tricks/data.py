@@ -205,9 +205,54 @@ def checked_image_loader(path: str) -> Any:
         raise DataError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
 
 
-def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any) -> tuple[Any, Any, int]:
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_image(path: str) -> torch.Tensor:
+    """An image file as a uint8 RGB ``(3, H, W)`` tensor (the loader of the split file pipeline).
+
+    A JPEG is decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo) straight into a tensor, which torch then
+    crops and resizes (docs/benchmarks.md measures this against PIL); anything else, or a JPEG it refuses (CMYK,
+    damage), goes through PIL (:func:`checked_image_loader`, whose error names the file). Images are taken as
+    stored, without EXIF rotation, as PIL's ``ImageFolder`` loader takes them.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    _quiet_torchvision_io()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+    if data[:3] == JPEG_MAGIC:
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # PIL decides, and names the file if it cannot read it either
+    return pil_to_tensor(checked_image_loader(path))
+
+
+_TORCHVISION_IO = "The image decoding and encoding capabilities of TorchVision"
+
+
+def _quiet_torchvision_io() -> None:
+    """Silence the DeprecationWarning torchvision 0.29 attaches to every image decode (its decoders are to move to
+    TorchCodec; the pinned torchvision==0.29.1 has them, and PIL takes over where they fail). Checked on each call:
+    a ``warnings.catch_warnings`` block (pytest's, for one) restores the filters it found."""
+    import re
+    import warnings
+
+    entry = ("ignore", re.compile(_TORCHVISION_IO, re.I), DeprecationWarning, None, 0)
+    if entry not in warnings.filters:
+        warnings.filterwarnings("ignore", message=_TORCHVISION_IO, category=DeprecationWarning)
+
+
+def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any,
+                    loader: Any = checked_image_loader) -> tuple[Any, Any, int]:
     """``ImageFolder`` train and val sets of an ImageNet-layout folder: ``root/train/CLASS/*`` and
-    ``root/val/CLASS/*``, with the same classes in both."""
+    ``root/val/CLASS/*``, with the same classes in both. ``loader(path)`` opens an image: an RGB PIL image by
+    default, a uint8 tensor with :func:`decode_image`."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root).expanduser()
@@ -216,10 +261,8 @@ def folder_datasets(root: str | Path, train_transform: Any, eval_transform: Any)
             raise DataError(f"folder data set {str(root)!r} has no {split}/ folder (expected {str(root)}/train/CLASS/"
                             f"*.jpg and {str(root)}/val/CLASS/*.jpg)")
     try:
-        train = ImageFolder(str(root / "train"), transform=train_transform, loader=checked_image_loader,
-                            is_valid_file=_is_image)
-        val = ImageFolder(str(root / "val"), transform=eval_transform, loader=checked_image_loader,
-                          is_valid_file=_is_image)
+        train = ImageFolder(str(root / "train"), transform=train_transform, loader=loader, is_valid_file=_is_image)
+        val = ImageFolder(str(root / "val"), transform=eval_transform, loader=loader, is_valid_file=_is_image)
     except FileNotFoundError as e:
         raise DataError(f"folder data set {str(root)!r}: {e}") from None
     if train.classes != val.classes:

@@ -213,9 +213,10 @@ def training_images(batches: Any, num_images: int | None = None) -> Iterator[tor
     * :class:`timm_tricks.batches.TensorBatches` (in-memory data, its ``data``): the first ``num_images`` (default
       10,000, the reference's) images of the whole training set in its stored order, normalised with the data
       set's statistics (as :meth:`~timm_tricks.batches.TensorBatches.train_batches` does before it augments).
-    * :class:`timm_tricks.batches.FileBatches` (files, its ``train`` data set): the first ``num_images`` (default
-      :data:`FILE_IMAGES`) samples through the training transform (which normalises); each sample's random draw
-      is seeded by its index (:class:`~timm_tricks.batches.SeededDataset`), so every process sees the same images.
+    * :class:`timm_tricks.batches.FileBatches` (files): the first ``num_images`` (default :data:`FILE_IMAGES`)
+      samples through the training transforms and the on-device stage (which normalises), its
+      ``sample_images``; each sample's random draw is seeded by its index
+      (:class:`~timm_tricks.batches.SeededDataset`), so every process sees the same images.
 
     Yields:
         Float ``(n, C, H, W)`` batches on the source's device.
@@ -229,6 +230,9 @@ def training_images(batches: Any, num_images: int | None = None) -> Iterator[tor
         n = min(len(data.train_images), num_images or REFERENCE_IMAGES)
         for start in range(0, n, _CHUNK):
             yield normalize(data.train_images[start:min(n, start + _CHUNK)], data.mean, data.std)
+        return
+    if hasattr(batches, "sample_images"):  # FileBatches: its workers and its on-device stage
+        yield from batches.sample_images(num_images or FILE_IMAGES)
         return
     train = getattr(batches, "train", None)
     if train is None:
