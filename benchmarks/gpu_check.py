@@ -363,6 +363,7 @@ def attach_scaler(trainer: Trainer, scaler: Any) -> None:
     acc.scaler = scaler
     for opt in acc._optimizers:
         opt.__setstate__({**opt.__dict__, "scaler": scaler})
+    trainer.may_skip_steps = True  # the Trainer reads accelerate's skip flag only when a scaler exists
 
 
 def timm_train_row(script: Path, s: Sizes, out: Path, budget: Budget) -> Row:
