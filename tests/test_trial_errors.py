@@ -113,3 +113,4 @@ def test_a_search_in_which_every_trial_failed_exits_1_without_a_best_recipe(tmp_
     assert "TrainingError: all 2 trials failed (2 with: RuntimeError: boom); no best trial" in proc.stderr
     assert not (exp / "best_recipe.yaml").exists()
     assert "Every trial failed; there is no best trial." in (exp / "report.md").read_text()
+

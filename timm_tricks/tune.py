@@ -165,7 +165,8 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
             settings = TunerSettings(metric=space.metric, mode=space.mode, num_samples=options.num_samples,
                                      search_alg=searcher, scheduler=scheduler, seed=options.seed,
                                      keep_checkpoints=3 if options.scheduler == "pbt" else 1,
-                                     callbacks=[mistakes, *(callbacks or ()), *([status] if status else [])],
+                                     callbacks=[mistakes, *tracker_callbacks(base_cfg.train.log_with, exp.name),
+                                                *(callbacks or ()), *([status] if status else [])],
                                      stop=mistakes, verbose=options.status.ray_verbose)
             trial = make_trial(recipe, overrides=overrides, updates=updates, cluster=cluster,
                                step_callback=step_callback)
@@ -181,6 +182,27 @@ def _how(options: SearchOptions) -> str:
     """``Optuna TPE + ASHA``: the searcher and the scheduler, in words."""
     searcher = "random sampling" if options.search == "random" or options.scheduler == "pbt" else "Optuna TPE"
     return f"{searcher} + {SCHEDULER_NAMES[options.scheduler]}"
+
+
+def tracker_callbacks(log_with: list[str], name: str) -> list[Any]:
+    """Ray Tune's logger callbacks for the trackers of ``train.log_with`` that Ray has (TensorBoard, MLflow, wandb):
+    the search's trials side by side in one place, besides each trial's own run logs. MLflow follows
+    ``MLFLOW_TRACKING_URI``; wandb its own environment (``WANDB_MODE=offline`` for no network)."""
+    from ray.tune.logger import TBXLoggerCallback
+
+    out: list[Any] = []
+    for tracker in log_with:
+        if tracker == "tensorboard":
+            out.append(TBXLoggerCallback())
+        elif tracker == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            out.append(MLflowLoggerCallback(experiment_name=name))
+        elif tracker == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            out.append(WandbLoggerCallback(project=name))
+    return out
 
 
 def trial_table(results: Any, space: SearchSpace, epochs: int | None = None) -> list[dict[str, Any]]:
