@@ -139,6 +139,7 @@ def test_eval_out_never_writes_over_a_runs_files(tmp_path, capsys):
 
 INTERRUPT = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a pytest-xdist worker ignores SIGINT)
 from timm_tricks.cli import main
 import timm_tricks.train as train
 

@@ -242,8 +242,9 @@ def test_lr_schedule_prints_the_lr_the_trainer_uses_at_every_step(tmp_path, caps
     from timm_tricks.cli import main
 
     overrides = ["model.name=resnet18d_tricks", "data.image_size=16", "train.epochs=2", "schedule.warmup_epochs=1"]
-    assert main(["lr-schedule", "--recipe", "digits", *_set(overrides)]) == 0
-    printed = [float(r[2]) for r in csv.reader(capsys.readouterr().out.splitlines()[1:])]
+    table = tmp_path / "lr.csv"
+    assert main(["lr-schedule", "--recipe", "digits", "--csv", str(table), *_set(overrides)]) == 0
+    printed = [float(r[2]) for r in csv.reader(table.read_text().splitlines()[1:])]
     used = []
     trainer = Trainer(load_config("digits", overrides), tmp_path / "run",
                       step_callback=lambda state: used.append(trainer.optimizer.param_groups[0]["lr"]))
