@@ -6,8 +6,9 @@ whole passes over it:
 
 * **project**: ``timm_tricks.build.build_batches`` on ``folder:PATH`` (a ``FileBatches``): the DataLoader workers
   decode (``torchvision.io.decode_jpeg``), crop and flip each image to a uint8 224x224 tensor, and the float stage
-  (``BotBatchStage``: colour, lighting, normalisation) runs on each batch in the main process, as it would on the
-  device; the figure counts finished float32 batches.
+  (``BotBatchStage``: colour, lighting, normalisation) runs on each batch: here, with no GPU, normalisation alone in
+  the main process and colour and lighting in the workers (``FileBatches._in_workers``); the figure counts
+  finished float32 batches.
 * **timm**: ``timm.data.create_loader`` over ``timm.data.create_dataset("", root=PATH/train)`` with
   ``is_training=True`` (its ``create_transform``): ``RandomResizedCropAndInterpolation`` and the flip in the
   workers, uint8 tensors to its ``PrefetchLoader`` (``use_prefetcher=True``, timm's default), which normalises in the
@@ -191,8 +192,9 @@ def main() -> None:
         lines = [HEADING, "", f"Command: `{command}`", "", f"- Machine: {where}",
                  f"- Data: {args.images} training JPEGs of about 500x375 (quality 90, mean {kb:.0f} KB), 10 classes; "
                  f"{SIZE}x{SIZE} crops, batch {args.batch}, {args.repeats} alternating passes per side after a "
-                 f"warm-up ({args.bot_repeats} for the Bag of Tricks rows), CPU only (the float stage runs in the "
-                 f"main process), torch threads in the main process: {torch.get_num_threads()}", "",
+                 f"warm-up ({args.bot_repeats} for the Bag of Tricks rows), CPU only (the float stage: normalisation "
+                 "in the main process, colour and lighting in the workers), torch threads in the main process: "
+                 f"{torch.get_num_threads()}", "",
                  "| chain | workers | project img/s | other img/s | ratio | project range | other range | "
                  "project CPU ms/img | other CPU ms/img | CPU ratio |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -40,14 +40,14 @@ HEADING = "## Trainer overhead and the digits recipe (benchmarks/trainer_overhea
 
 #: The settings both sides share: no augmentation, no smoothing, no warmup, one parameter group, no EMA.
 PLAIN = ["augment.train=none", "loss.label_smoothing=0", "schedule.warmup_epochs=0", "optim.no_bias_decay=false",
-         "ema.enabled=false", "train.epochs=1000"]
+         "ema.enabled=false", "train.best_metric=eval_top1", "train.epochs=1000"]
 
 
 def build_trainer(steps: int, batch: int, size: int, out: Path, model: str = "resnet18d_tricks") -> Trainer:
     recipe = "myrtle_resnet9" if model == "resnet9_tricks" else "digits"
     cfg = load_config(recipe, [
         f"model.name={model}", f"data.source=synthetic:{steps * batch}", f"data.image_size={size}",
-        f"data.batch_size={batch}", "train.precision=no", *PLAIN])
+        f"data.batch_size={batch}", "train.precision='no'", *PLAIN])
     return Trainer(cfg, out)
 
 
