@@ -26,6 +26,7 @@ Exit status 0 when every row ran and the overflow check held, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import statistics
@@ -79,7 +80,6 @@ CPU = Sizes("resnet18d_tricks", image=32, batch=4, steps=2, rounds=1, r9_batch=1
 @dataclass
 class Row:
     """One line of the table."""
-
     check: str
     setting: str
     trainer: str = "-"
@@ -342,7 +342,8 @@ def overflow_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> R
 
     trainer.criterion = poisoned
     try:
-        trainer.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # its epoch line: the table is the one thing on stdout
+            trainer.fit()
     except Exception as e:
         row.result = f"FAILED: the run stopped: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
         return row

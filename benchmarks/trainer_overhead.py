@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,8 +112,8 @@ def main() -> None:
     o = measure_overhead(args.steps, args.repeats, args.batch, args.size)
     lines = [
         HEADING, "",
-        f"Command: `python benchmarks/trainer_overhead.py --steps {args.steps} --repeats {args.repeats}"
-        f"{' --digits' if args.digits else ''} --write-docs`", "",
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python "
+        f"benchmarks/trainer_overhead.py {shlex.join(sys.argv[1:])}`", "",
         f"- Machine: {where}", "",
         f"resnet18d_tricks, {args.size}x{args.size}, batch {args.batch}, CPU, one process, {args.steps} steps per "
         f"round, {args.repeats} alternating rounds after a warm-up:", "",

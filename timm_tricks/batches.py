@@ -251,8 +251,7 @@ class SeededTransform:
 
     def __call__(self, img: Any) -> Any:
         info = torch.utils.data.get_worker_info()
-        seed_host(step_seed(self.seed, self.epoch, self.attempt, self.rank, info.id if info else 0,
-                                  self.count, 5))
+        seed_host(step_seed(self.seed, self.epoch, self.attempt, self.rank, info.id if info else 0, self.count, 5))
         self.count += 1
         return self.transform(img) if self.transform is not None else img
 
