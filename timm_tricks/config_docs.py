@@ -32,7 +32,7 @@ import yaml
 
 from .config import Config, load_config, recipe_path
 from .errors import UserError
-from .schema import flatten, nest, unknown
+from .schema import flatten, leaf_fields, nest, unknown
 
 METADATA = ("name", "description", "source")  # a recipe's top-level keys: what it is, not how it trains
 
@@ -97,14 +97,9 @@ class KeyDoc:
 def key_docs(cls: type = Config, prefix: str = "") -> list[KeyDoc]:
     """Every dotted key of schema ``cls`` (default: the config) with its type, default, range and description."""
     out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        if dataclasses.is_dataclass(t):
-            out.extend(key_docs(t, f"{prefix}{f.name}."))
-            continue
+    for key, f, t in leaf_fields(cls, prefix):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        out.append(KeyDoc(f"{prefix}{f.name}", _type(t), default, _range(f.metadata), f.metadata.get("doc", "")))
+        out.append(KeyDoc(key, _type(t), default, _range(f.metadata), f.metadata.get("doc", "")))
     return out
 
 

@@ -160,17 +160,22 @@ def merge_layers(*layers: Layer) -> dict[str, Any]:
 # Building and checking
 
 
-def dotted_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key of schema ``cls`` (the leaves; nested schemas are walked)."""
-    keys = []
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """``(dotted key, field, type)`` of every leaf of schema ``cls`` (nested schemas are walked)."""
+    out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
-            keys.extend(dotted_keys(t, f"{prefix}{f.name}."))
+            out.extend(leaf_fields(t, f"{prefix}{f.name}."))
         else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
+            out.append((f"{prefix}{f.name}", f, t))
+    return out
+
+
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of schema ``cls`` (the leaves; nested schemas are walked)."""
+    return [key for key, _, _ in leaf_fields(cls, prefix)]
 
 
 def build(cls: type[T], data: Any, what: str = "key") -> T:
