@@ -166,12 +166,7 @@ def timm_loop(trainer: Trainer, s: Sizes, precision: str, compile_: bool) -> Cal
             images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=precision != "no"):
                 loss = loss_fn(net(images), labels)
-            if scaler is not None:
-                scaler(loss, optimizer)
-            else:
-                loss.backward()
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(loss, optimizer, scaler)
             updates[0] += 1
             scheduler.step_update(updates[0])
             n += images.shape[0]
@@ -299,12 +294,7 @@ def resnet9_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> Ro
         for images, labels in batches:
             with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
                 loss = torch.nn.functional.cross_entropy(model(images), labels)
-            if scaler is not None:
-                scaler(loss, optimizer)
-            else:
-                loss.backward()
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(loss, optimizer, scaler)
         sync(device)
         return len(batches) / (time.perf_counter() - t0)
 
@@ -355,6 +345,16 @@ def overflow_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> R
     row.result = "ok: skipped, schedule held" if held else "FAILED: the overflow step moved the schedule"
     budget.note(row)
     return row
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: Any, scaler: Any) -> None:
+    """One step of a minimal loop: through timm's ``NativeScaler`` when there is one (fp16), else plain."""
+    if scaler is not None:
+        scaler(loss, optimizer)
+    else:
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def attach_scaler(trainer: Trainer, scaler: Any) -> None:
