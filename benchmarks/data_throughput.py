@@ -86,6 +86,8 @@ def write_folder(root: Path, images: int, classes: int = 10, val_per_class: int 
             path = folder / f"{k:06d}.jpg"
             imagenet_like(rng, w, h).save(path, quality=90)
             sizes.append(path.stat().st_size)
+            if (k + 1) % 500 == 0:
+                print(f"  wrote {k + 1}/{count} {split} images", file=sys.stderr, flush=True)
     return float(np.mean(sizes)) / 1024
 
 
@@ -160,6 +162,7 @@ def measure(sides: dict[str, Callable[[int], int]], repeats: int) -> dict[str, d
             t1, c1 = time.perf_counter(), cpu_seconds()
             out[name]["rate"].append(n / (t1 - t0))
             out[name]["cpu_ms"].append(1000 * (c1 - c0) / n)
+            print(f"  pass {r + 1}/{repeats} {name}: {out[name]['rate'][-1]:.0f} img/s", file=sys.stderr, flush=True)
     return out
 
 

@@ -83,6 +83,8 @@ def measure_overhead(steps: int, repeats: int, batch: int, size: int,
                 if r:
                     times[side].append((time.perf_counter() - t0) / steps)
                     times[f"{side}_cpu"].append((time.process_time() - c0) / steps)
+                print(f"  {model} round {r}/{repeats} {side}: {(time.perf_counter() - t0) / steps:.3f} s/step",
+                      file=sys.stderr, flush=True)
     t, m = statistics.median(times["trainer"]), statistics.median(times["loop"])
     tc, mc = statistics.median(times["trainer_cpu"]), statistics.median(times["loop_cpu"])
     return {"trainer_s": t, "loop_s": m, "ratio": t / m, "trainer_min": min(times["trainer"]),
