@@ -123,21 +123,21 @@ def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path):
     # 11 steps an epoch; checkpoints every 3 steps; killed after step 17 (inside epoch 2), the newest
     # checkpoint is step 15 and steps 16-17 are trained again.
     args = ["train", "--recipe", "digits", *_set(FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2",
-                                                         "ema.enabled=true", "train.keep_checkpoints=10"])]
+                                                         "ema.enabled=true", "train.keep_checkpoints=2"])]
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run([*args, "--output", str(full)])
     proc = _kill_at_step(17, killed, FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2", "ema.enabled=true",
-                                              "train.keep_checkpoints=10"])
+                                              "train.keep_checkpoints=2"])
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert not (killed / "model.safetensors").exists()
     ckpts = sorted(p.name for p in (killed / "checkpoints").glob("ckpt-*"))
     assert ckpts[-1] == "ckpt-000000015"
+    at_15 = load_file(str(killed / "checkpoints" / "ckpt-000000015" / "model.safetensors"))
     proc = _run([*args, "--output", str(killed), "--resume"])
     assert "resumed from" in proc.stdout and "ckpt-000000015" in proc.stdout
     assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
     assert (full / "model_ema.safetensors").read_bytes() == (killed / "model_ema.safetensors").read_bytes()
     # the resumed run really continued from a checkpoint: the one at step 15 differs from the final weights
-    at_15 = load_file(str(killed / "checkpoints" / "ckpt-000000015" / "model.safetensors"))
     final = load_file(str(killed / "model.safetensors"))
     assert any(not torch.equal(at_15[k], final[k]) for k in final)
     same = [r[:5] for r in csv.reader(open(full / "summary.csv"))]
