@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import math
 import statistics
 import sys
 import tempfile
@@ -333,16 +334,22 @@ def overflow_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> R
     trainer.criterion = poisoned
     try:
         with contextlib.redirect_stdout(sys.stderr):  # its epoch line: the table is the one thing on stdout
-            trainer.fit()
+            metrics = trainer.fit()
     except Exception as e:
         row.result = f"FAILED: the run stopped: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
         return row
     steps, updates, lrs = zip(*seen, strict=True) if seen else ((), (), ())
-    row.trainer = f"updates {list(updates)} over steps {list(steps)}; lr {', '.join(f'{v:.4f}' for v in lrs)}"
+    row.trainer = (f"updates {list(updates)} over steps {list(steps)}; lr {', '.join(f'{v:.4f}' for v in lrs)}; "
+                   f"epoch loss {metrics['train_loss']:.4f}")
     # the poisoned step (the second) neither counts nor moves the lr; later steps do (a step may also overflow on
     # its own at fp16's first loss scale, which is why the counts are compared with the step before)
     held = len(seen) == 4 and updates[1] == updates[0] and lrs[1] == lrs[0] and updates[3] > updates[1]
-    row.result = "ok: skipped, schedule held" if held else "FAILED: the overflow step moved the schedule"
+    if not held:
+        row.result = "FAILED: the overflow step moved the schedule"
+    elif not math.isfinite(metrics["train_loss"]):
+        row.result = "FAILED: the skipped step's loss is in the epoch's training loss"
+    else:
+        row.result = "ok: skipped, schedule held, epoch loss finite"
     budget.note(row)
     return row
 

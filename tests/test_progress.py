@@ -66,6 +66,39 @@ def test_start_step_and_epoch_lines_of_a_run(tmp_path, capsys, monkeypatch):
     assert trainer.may_skip_steps is False
 
 
+def test_an_fp16_skipped_step_is_left_out_of_the_losses_and_the_schedule(tmp_path, capsys, monkeypatch):
+    # a GradScaler skips the steps whose loss overflowed: steps 2 and 7 here, their loss inf. The epoch's
+    # train_loss and each line's loss are the means over the 9 steps taken, the schedule moves 9 times, the
+    # non-finite watch (which looks at the steps taken) does not stop the run
+    from accelerate import Accelerator
+
+    skip = {2, 7}
+    cfg = load_config("digits", FAST + ["train.log_every_steps=4", "train.log_every_seconds=1e9"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.may_skip_steps = True
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped",
+                        property(lambda self: trainer.state.global_step in skip))
+    criterion, taken = trainer.criterion, {}
+
+    def overflowing(logits, targets):
+        loss = criterion(logits, targets)
+        if trainer.state.global_step in skip:
+            return loss + float("inf")  # the value overflows; the gradient is the clean loss's
+        taken[trainer.state.global_step] = loss.item()
+        return loss
+
+    trainer.criterion = overflowing
+    metrics = trainer.fit()
+    assert sorted(taken) == [s for s in range(11) if s not in skip]
+    assert trainer.state.num_updates == 9 and trainer.state.global_step == 11
+    assert metrics["train_loss"] == pytest.approx(sum(taken.values()) / 9, rel=1e-6)
+    lines = [STEP.match(line) for line in capsys.readouterr().out.splitlines()[2:5]]
+    by_line = [[taken[s] for s in range(a, b) if s in taken] for a, b in ((0, 4), (4, 8), (8, 11))]
+    assert [float(m[5]) for m in lines] == pytest.approx([sum(v) / len(v) for v in by_line], abs=1e-4)
+    # the lr of the last step taken: the schedule stood still at the skipped steps (warmup, 9 updates by step 11)
+    assert float(lines[2][6]) == pytest.approx(0.2 * 9 / 11, rel=1e-4)
+
+
 def test_a_non_finite_loss_is_found_at_the_next_read_and_named_by_its_step(tmp_path, monkeypatch):
     # the loss of step 6 is NaN; the watch is read at step 8 (a line) and the run stops naming step 6; the
     # checkpoint of step 5 is the last, none is written after the bad step

@@ -80,7 +80,7 @@ class TrainState:
     best_top1: float = -1.0
     best_value: float | None = None  # the best train.best_metric so far
     epoch_loss_sum: float = 0.0  # this process's summed training loss of the epoch in progress
-    epoch_loss_count: int = 0
+    epoch_loss_count: int = 0  # micro-batches in that sum (those of FP16-skipped steps are in neither)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -226,6 +226,7 @@ class Trainer:
         set_mixup_epoch(self.mixup, epoch, cfg.train.epochs, cfg.mixup.off_epochs)
         accum, generators = cfg.train.grad_accum_steps, global_generators(self.device)
         loss_sum = torch.tensor(st.epoch_loss_sum, dtype=torch.float64, device=self.device)
+        step_loss, step_micro = torch.zeros((), dtype=torch.float64, device=self.device), 0  # this step's so far
         batches = self.batches.train_batches(epoch, start_step=st.step_in_epoch * accum)
         self.progress.start_epoch(epoch, (st.step_in_epoch, self.steps_per_epoch), st.global_step,
                                   (st.epoch_loss_sum, st.epoch_loss_count))
@@ -239,16 +240,20 @@ class Trainer:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().double()
-            st.epoch_loss_count += 1
+            step_loss += loss.detach().double()
+            step_micro += 1
             if not acc.sync_gradients:
                 continue
             if not (self.may_skip_steps and acc.optimizer_step_was_skipped):  # FP16 skipped an overflowing step
+                loss_sum += step_loss  # a skipped step's loss (often inf) is left out of the epoch's mean
+                st.epoch_loss_count += step_micro
                 self.watch.record(loss, st.global_step)
                 st.num_updates += 1
                 self.scheduler.step_update(st.num_updates)
                 if self.ema is not None and st.num_updates % cfg.ema.every_steps == 0:
                     self.ema.update(acc.unwrap_model(self.model), step=st.num_updates)
+            step_loss.zero_()
+            step_micro = 0
             st.global_step += 1
             st.step_in_epoch += 1
             every = cfg.train.checkpoint_every_steps
@@ -266,7 +271,8 @@ class Trainer:
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
         self._read(loss_sum, epoch)
-        mean = acc.reduce(loss_sum, reduction="sum").item() / (max(st.epoch_loss_count, 1) * self.world)
+        count = st.epoch_loss_count * self.world  # every process takes or skips the same steps
+        mean = acc.reduce(loss_sum, reduction="sum").item() / count if count else float("nan")
         st.epoch_loss_sum, st.epoch_loss_count = 0.0, 0
         return mean
 
