@@ -266,16 +266,14 @@ def resnet50_rows(s: Sizes, device: torch.device, out: Path, peak: float | None,
     return rows
 
 
-def resnet9_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> Row:
-    precision = "fp16" if s.mixed else "no"
-    row = Row("resnet9_tricks steps/s: Trainer vs minimal loop", f"{precision}, batch {s.r9_batch}, 32 px, "
-              "no augmentation / EMA / smoothing")
-    if budget.out():
-        row.result = "skipped: time budget"
-        return row
+def resnet9_sides(s: Sizes, device: torch.device, out: Path) -> dict[str, Callable[[], None]]:
+    """One epoch of ``resnet9_tricks`` at batch ``s.r9_batch`` on 32 px synthetic data, fp16 where mixed (no
+    augmentation, EMA or smoothing): the Trainer's step loop and a minimal loop (timm's SGD and NativeScaler) over
+    the same batches, already on the device. benchmarks/step_profile.py profiles the same two."""
     from timm.optim import create_optimizer_v2
     from timm.utils import NativeScaler
 
+    precision = "fp16" if s.mixed else "no"
     fresh_state()
     cfg = load_config("myrtle_resnet9", [f"data.source=synthetic:{s.r9_steps * s.r9_batch}", "data.image_size=32",
                                          f"data.batch_size={s.r9_batch}", "augment.train=none", "ema.enabled=false",
@@ -289,18 +287,41 @@ def resnet9_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> Ro
     optimizer = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     scaler = NativeScaler(device.type) if precision == "fp16" else None
 
-    def loop() -> float:
-        sync(device)
-        t0 = time.perf_counter()
+    def loop() -> None:
         for images, labels in batches:
             with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
                 loss = torch.nn.functional.cross_entropy(model(images), labels)
             optimizer_step(loss, optimizer, scaler)
-        sync(device)
-        return len(batches) / (time.perf_counter() - t0)
 
-    epoch = trainer_epoch(trainer)
-    rates = alternate({"trainer": lambda: epoch() / s.r9_batch, "loop": loop}, s.rounds)
+    count = [0]
+
+    def trainer_loop() -> None:
+        trainer.state.step_in_epoch = 0
+        trainer._train_epoch(count[0])
+        count[0] += 1
+
+    return {"trainer": trainer_loop, "loop": loop}
+
+
+def resnet9_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> Row:
+    precision = "fp16" if s.mixed else "no"
+    row = Row("resnet9_tricks steps/s: Trainer vs minimal loop", f"{precision}, batch {s.r9_batch}, 32 px, "
+              "no augmentation / EMA / smoothing")
+    if budget.out():
+        row.result = "skipped: time budget"
+        return row
+    sides = resnet9_sides(s, device, out)
+
+    def steps_per_second(run: Callable[[], None]) -> Callable[[], float]:
+        def timed() -> float:
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            return s.r9_steps / (time.perf_counter() - t0)
+        return timed
+
+    rates = alternate({name: steps_per_second(run) for name, run in sides.items()}, s.rounds)
     row.trainer, row.baseline = f"{rates['trainer']:.1f}", f"{rates['loop']:.1f}"
     row.ratio = f"{rates['trainer'] / rates['loop']:.3f}"
     budget.note(row)

@@ -121,20 +121,21 @@ def test_existing_run_is_not_touched(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path):
     # 11 steps an epoch; checkpoints every 3 steps; killed after step 17 (inside epoch 2), the newest
-    # checkpoint is step 15 and steps 16-17 are trained again.
-    args = ["train", "--recipe", "digits", *_set(FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2",
-                                                         "ema.enabled=true", "train.keep_checkpoints=2"])]
+    # checkpoint is step 15 and steps 16-17 are trained again. Where CUDA is, this runs on the GPU, where
+    # train.deterministic is what makes it hold (without it an H200 gave other bytes)
+    sets = FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2", "ema.enabled=true",
+                   "train.keep_checkpoints=2", "train.deterministic=true"]
+    args = ["train", "--recipe", "digits", *_set(sets)]
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run([*args, "--output", str(full)])
-    proc = _kill_at_step(17, killed, FAST + ["train.checkpoint_every_steps=3", "mixup.alpha=0.2", "ema.enabled=true",
-                                              "train.keep_checkpoints=2"])
+    proc = _kill_at_step(17, killed, sets)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert not (killed / "model.safetensors").exists()
     ckpts = sorted(p.name for p in (killed / "checkpoints").glob("ckpt-*"))
     assert ckpts[-1] == "ckpt-000000015"
     at_15 = load_file(str(killed / "checkpoints" / "ckpt-000000015" / "model.safetensors"))
     proc = _run([*args, "--output", str(killed), "--resume"])
-    assert "resumed from" in proc.stdout and "ckpt-000000015" in proc.stdout
+    assert "resumed from" in proc.stdout and "ckpt-000000015" in proc.stdout and "deterministic" not in proc.stdout
     assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
     assert (full / "model_ema.safetensors").read_bytes() == (killed / "model_ema.safetensors").read_bytes()
     # the resumed run really continued from a checkpoint: the one at step 15 differs from the final weights
@@ -142,6 +143,41 @@ def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path):
     assert any(not torch.equal(at_15[k], final[k]) for k in final)
     same = [r[:5] for r in csv.reader(open(full / "summary.csv"))]
     assert same == [r[:5] for r in csv.reader(open(killed / "summary.csv"))]
+
+
+DETERMINISM_FLAGS = """
+import os, sys, torch
+from timm_tricks.config import load_config
+from timm_tricks.train import Trainer
+
+for name, sets in (("off", []), ("on", ["train.deterministic=true"])):
+    Trainer(load_config("digits", sys.argv[2:] + sets), sys.argv[1] + "/" + name)
+    print((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+           os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+"""
+
+
+def test_train_deterministic_switches_torch_to_deterministic_kernels(tmp_path):
+    # in a fresh process (the switches are torch's globals): off leaves torch's defaults, on sets what PyTorch's
+    # reproducibility notes name, with ops that have no deterministic CUDA kernel warning rather than failing
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", DETERMINISM_FLAGS, str(tmp_path), *FAST], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    off, on = [line for line in done.stdout.splitlines() if line.startswith("(")]
+    assert off == "(False, False, False, False, None)"
+    assert on == "(True, True, True, False, ':4096:8')"
+
+
+def test_a_resume_says_when_the_device_makes_it_inexact(tmp_path):
+    # on a CPU every kernel is deterministic: no word; on a GPU without train.deterministic, one clause says so
+    out = tmp_path / "run"
+    _run(["train", "--recipe", "digits", "--output", str(out), *_set(FAST[:-1] + ["train.epochs=1"])])
+    proc = _run(["train", "--recipe", "digits", "--output", str(out), "--resume", *_set(FAST)])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("resumed from"))
+    note = "; on cuda the continuation matches an uninterrupted run only with train.deterministic=true"
+    assert line.endswith(note) == torch.cuda.is_available(), line
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):

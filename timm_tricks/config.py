@@ -186,6 +186,8 @@ class TrainConfig:
     clip_grad: float | None = option(None, gt=0.0, doc="clip the gradient norm to this; null: no clipping")
     channels_last: bool = option(False, doc="channels-last memory layout (faster convolutions on recent GPUs)")
     compile: bool = option(False, doc="torch.compile the model")
+    deterministic: bool = option(False, doc="deterministic GPU kernels (cuDNN, cuBLAS, torch): a resumed run matches "
+                                 "the uninterrupted one bit for bit on a GPU too; slower")
     sync_bn: bool = option(False, doc="synchronise BN statistics over the processes of a multi-process run")
     checkpoint_every_steps: int | None = option(None, ge=1, doc="also checkpoint every N steps; null: each epoch's end")
     keep_checkpoints: int = option(2, ge=1, doc="newest checkpoints kept (the best one is kept besides)")

@@ -28,6 +28,7 @@ LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "checkpoints", "summary.csv", "metrics.json", "model.safetensors", "model_ema.safetensors")
 # What may change when a run is resumed: how long it trains, how it logs and checkpoints, how it reads its data.
 RESUMABLE_KEYS = frozenset({"name", "description", "source", "train.epochs", "train.checkpoint_every_steps",
+                            "train.deterministic",
                             "train.keep_checkpoints", "train.log_every_steps", "train.log_every_seconds",
                             "train.log_with", "data.workers", "data.eval_batch_size"})
 # The folders the trackers of train.log_with write inside the run folder (timm_tricks.build.trackers puts them

@@ -8,6 +8,7 @@ has to be saved in a checkpoint.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 import numpy as np
@@ -25,6 +26,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
+
+
+def use_deterministic_kernels() -> None:
+    """Make the GPU compute the same bits each time (PyTorch's reproducibility notes, docs/notes/randomness.rst):
+    cuDNN's deterministic convolutions without autotuning, cuBLAS with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``
+    ``:4096:8``, read when cuBLAS starts: at the process's first matrix product on the GPU, so a process that ran one
+    before keeps its own) and ``torch.use_deterministic_algorithms``. An op with no deterministic CUDA kernel warns
+    instead of stopping the run (``warn_only``): ``AdaptiveAvgPool2d``'s backward, in every ResNet here, is one; its
+    1x1 output adds one value into each input gradient, so the sum has one order.
+
+    Without this a resumed run on an H200 differed from the uninterrupted one in its weights' bytes
+    (``tests/test_train.py::test_sigkill_mid_epoch_and_resume_is_bit_identical``, run there in stop 10). On a CPU
+    every kernel used here is deterministic already."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def global_generators(device: torch.device) -> tuple[torch.Generator, ...] | None:

@@ -65,7 +65,7 @@ from .mixup import create_mixup, set_mixup_epoch
 from .progress import NO_STEP, NonFiniteWatch, Progress, append_summary, start_line
 from .run_folder import RunFolder, write_atomic
 from .schedule import TricksScheduler
-from .seeding import global_generators, seed_global_torch, step_seed
+from .seeding import global_generators, seed_global_torch, step_seed, use_deterministic_kernels
 from .whitening import fit_input_whitening
 
 
@@ -133,6 +133,8 @@ class Trainer:
     def _setup(self, download: bool) -> None:
         cfg, acc = self.cfg, self.accelerator
         warn_launcher_precision(cfg.train.precision, acc.is_main_process)
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         self.device = acc.device
         self.world, self.rank = acc.num_processes, acc.process_index
         self.per_device_batch = cfg.per_device_batch_size(self.world)
@@ -352,7 +354,10 @@ class Trainer:
             acc.scaler.load_state_dict(state["scaler"])
         self.scheduler.step_update(self.state.num_updates)
         self._restore_summary(ckpt, self.state.epoch)
-        self.progress.say(f"resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.step_in_epoch})")
+        exact = self.cfg.train.deterministic or self.device.type == "cpu"
+        self.progress.say(f"resumed from {ckpt} (epoch {self.state.epoch}, step {self.state.step_in_epoch})" +
+                          ("" if exact else f"; on {self.device.type} the continuation matches an uninterrupted run "
+                                            "only with train.deterministic=true"))
         return True
 
     def _restore_summary(self, checkpoint: Path, epochs_done: int) -> None:
