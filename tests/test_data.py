@@ -16,6 +16,7 @@ from timm_tricks.data import (
     load_synthetic,
     normalize,
     parse_source,
+    stats_on,
     timm_datasets,
 )
 
@@ -52,6 +53,27 @@ def test_normalize_formula():
     assert torch.allclose(out[0, :, 0, 1], torch.tensor([1.0, 2.0, -2.0]))
     mean, std = channel_stats(torch.full((4, 3, 2, 2), 51, dtype=torch.uint8))
     assert mean == pytest.approx((0.2,) * 3)
+    # the stats as tensors on the device, as a batch loop passes them: the same numbers
+    data = load_synthetic(8, image_size=4)
+    assert torch.equal(normalize(data.train_images, *stats_on(data, torch.device("cpu"))),
+                       normalize(data.train_images, data.mean, data.std))
+
+
+def test_in_memory_batches_copy_nothing_to_the_device_per_step(monkeypatch):
+    # a host-to-device copy from pageable memory makes the host wait for a GPU: the mean and std go to the device
+    # once, when the batches are built, and a step's batch is made from tensors already there
+    from timm_tricks.batches import Shard, TensorBatches
+
+    data = load_synthetic(64, image_size=8)
+    batches = TensorBatches(data, Shard(size=64, batch=16, seed=0, rank=0, world=1), torch.device("cpu"))
+    made = []  # tensors made from Python values during the epoch: on a GPU each is such a copy
+    for name in ("tensor", "as_tensor"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda x, *a, _real=real, **k: (
+            made.append(x) if not isinstance(x, torch.Tensor) else None) or _real(x, *a, **k))
+    steps = list(batches.train_batches(0))
+    assert len(steps) == 4 and made == []
+    assert torch.equal(steps[0][0], normalize(data.train_images[batches.shard.order(0)[:16]], data.mean, data.std))
 
 
 def test_synthetic():

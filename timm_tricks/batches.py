@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import TensorData, normalize
+from .data import TensorData, normalize, stats_on
 from .errors import ConfigError, DataError
 from .seeding import generator, step_seed
 
@@ -63,6 +63,7 @@ class TensorBatches:
         """``augment(images, generator=...)`` (:class:`timm_tricks.augment.BatchAugment`) transforms each training
         batch, its draws seeded by ``(seed, epoch, step, process)``; None for none."""
         self.data, self.shard, self.device, self.seed = data.to(device), shard, device, shard.seed
+        self.stats = stats_on(data, device)  # once: no host-to-device copy in the step
         self.augment = augment
         self.channels = data.train_images.shape[1]
         self.steps_per_epoch, self.num_classes = shard.steps_per_epoch, data.num_classes
@@ -71,7 +72,7 @@ class TensorBatches:
         order, batch = self.shard.order(epoch).to(self.device), self.shard.batch
         for step in range(start_step, self.steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
-            images = normalize(self.data.train_images[idx], self.data.mean, self.data.std)
+            images = normalize(self.data.train_images[idx], *self.stats)
             if self.augment is not None:
                 images = self.augment(images, generator=generator(self.seed, epoch, step, self.shard.rank, 1))
             yield images, self.data.train_labels[idx]
@@ -80,7 +81,7 @@ class TensorBatches:
         indices = torch.tensor(self.shard.eval_indices(len(self.data.val_labels)), device=self.device)
         for i in range(0, len(indices), batch_size):
             idx = indices[i:i + batch_size]
-            yield normalize(self.data.val_images[idx], self.data.mean, self.data.std), self.data.val_labels[idx]
+            yield normalize(self.data.val_images[idx], *self.stats), self.data.val_labels[idx]
 
 
 def seed_host(seed: int) -> None:

@@ -82,11 +82,21 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 ``NCHW`` images to normalised float32: ``(x / 255 - mean) / std``."""
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+def normalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor,
+              std: tuple[float, ...] | torch.Tensor) -> torch.Tensor:
+    """uint8 ``NCHW`` images to normalised float32: ``(x / 255 - mean) / std``. ``mean`` and ``std`` are
+    per-channel tuples, or float32 tensors already on the images' device (:func:`stats_on`), which a loop over
+    batches should pass: a tuple is copied to the device at each call, a copy from pageable memory that makes the
+    host wait for the GPU (two such waits a step measured on an H200, ``benchmarks/step_profile.py``)."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - m) / s
+
+
+def stats_on(data: TensorData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data``'s per-channel mean and std as float32 tensors on ``device``, for :func:`normalize`."""
+    return (torch.tensor(data.mean, dtype=torch.float32, device=device),
+            torch.tensor(data.std, dtype=torch.float32, device=device))
 
 
 # ------------------------------------------------------------------------------------------------------------------
