@@ -354,8 +354,7 @@ def overflow_row(s: Sizes, device: torch.device, out: Path, budget: Budget) -> R
 
     trainer.criterion = poisoned
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # its epoch line: the table is the one thing on stdout
-            metrics = trainer.fit()
+        metrics = trainer.fit()
     except Exception as e:
         row.result = f"FAILED: the run stopped: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
         return row
@@ -457,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_note = peak_flops(device, args.peak_tflops)
     header = [f"gpu_check: {'CPU dry run (tiny sizes)' if dry else torch.cuda.get_device_name(device)}; torch "
               f"{torch.__version__}; peak {peak_note}; ratio = Trainer / other (throughput)", ""]
-    with tempfile.TemporaryDirectory() as tmp:
+    # the Trainer's own lines go to stderr with the progress notes: the table is the one thing on stdout
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         out = Path(tmp)
         rows = resnet50_rows(s, device, out, peak, budget)
         for name, make in (("resnet9_tricks steps/s", lambda: resnet9_row(s, device, out, budget)),

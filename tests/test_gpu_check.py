@@ -30,6 +30,9 @@ def test_the_dry_run_prints_one_table_with_every_row_and_the_overflow_step_skipp
     seconds = time.perf_counter() - t0
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    # stdout is the table alone (the Trainer's own lines go to stderr): one header line, the rows, the time
+    others = [x for x in done.stdout.splitlines() if x and not x.startswith(("|", "gpu_check: "))]
+    assert len(others) == 1 and others[0].endswith(" s in all"), others
     checks = [r[0].lstrip("| ") for r in rows[1:]]
     assert checks == ["resnet18d_tricks img/s: Trainer vs timm-functions loop"] * 3 + [
         "resnet9_tricks steps/s: Trainer vs minimal loop", "FP16 overflow step", "timm train.py"]
