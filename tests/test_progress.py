@@ -220,14 +220,21 @@ def test_no_tracker_writes_no_tracker_folder(tmp_path):
 
 
 def test_a_failed_start_removes_the_tracker_folders_it_made(tmp_path):
+    # the folder is the user's (made before the claim): it stays, with what the user had in it; what the failed
+    # start wrote (the trackers' folders, summary.csv, checkpoints/, config.yaml) goes
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
     folder = RunFolder(out, resume=False)
     folder.claim("name: x\n")
     for name in TRACKER_FOLDERS:
         (out / name / "sub").mkdir(parents=True)
         (out / name / "sub" / "events").write_text("x")
+    (out / "summary.csv").write_text("epoch\n")
+    (out / "checkpoints").mkdir()
     folder.abandon()
-    assert not out.exists()
+    # (the lock file stays: removing a flock'ed file could let two later runs lock two different files)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
 
 
 def test_precision_a_cpu_cannot_train_in_is_refused_in_one_line(tmp_path, capsys):
