@@ -37,8 +37,9 @@ def use_deterministic_kernels() -> None:
     1x1 output adds one value into each input gradient, so the sum has one order.
 
     Without this a resumed run on an H200 differed from the uninterrupted one in its weights' bytes
-    (``tests/test_train.py::test_sigkill_mid_epoch_and_resume_is_bit_identical``, run there in stop 10). On a CPU
-    every kernel used here is deterministic already."""
+    (``tests/test_train.py::test_sigkill_mid_epoch_and_resume_is_bit_identical``, 2026-11-30, docs/benchmarks.md).
+    On a CPU every kernel used here is deterministic already. The switches are torch's globals: they stay set for
+    the rest of the process, for whatever else it runs."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
