@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from timm_tricks.build import build_model
+from timm_tricks.build import build_model, keep_ghost_batch_size
 from timm_tricks.cli import main
 from timm_tricks.config import load_config
+from timm_tricks.errors import ConfigError
 
 
 def _last_bn_gammas(model):
@@ -105,3 +106,53 @@ def test_the_file_pipeline_resizes_with_the_configured_interpolation():
     crop = bot_train_transform(32, interpolation="bicubic").transforms[0]
     assert (resize.interpolation, crop.interpolation) == (v2.InterpolationMode.BICUBIC,) * 2
     assert bot_eval_transform(32, 35).transforms[0].interpolation == v2.InterpolationMode.BILINEAR
+
+
+def _ghost_splits(model):
+    from timm_tricks.models import GhostBatchNorm2d
+
+    return {m.num_splits for m in model.modules() if isinstance(m, GhostBatchNorm2d)}
+
+
+@pytest.mark.parametrize("world, accum, synchronised, splits", [
+    (1, 1, False, 16),  # the recipe as written: 16 ghost batches of 32 in a batch of 512
+    (8, 1, False, 2),  # 64 images a process: 2 ghost batches of 32, not 16 of 4
+    (8, 1, True, 16),  # synchronised BN sees the global batch again
+    (1, 4, False, 4),  # 128 images a micro-batch
+    (8, 2, False, 1),  # 32 images: one ghost batch, plain BN
+])
+def test_ghost_batches_keep_the_recipes_32_images_however_the_batch_is_spread(world, accum, synchronised, splits):
+    cfg = load_config("myrtle_resnet9", [f"train.grad_accum_steps={accum}"])
+    model = build_model(cfg, 10)
+    assert _ghost_splits(model) == {16}
+    keep_ghost_batch_size(model, cfg, world, synchronised)
+    assert _ghost_splits(model) == {splits}
+    assert cfg.per_device_batch_size(world) * (world if synchronised else 1) // splits == 32
+
+
+def test_ghost_batches_that_a_layers_batch_cannot_hold_are_one_line():
+    cfg = load_config("myrtle_resnet9", [])
+    with pytest.raises(ConfigError, match=r"^ghost batch norm: 16 ghost batches of the global batch 512 are ghost "
+                                          r"batches of 32 images, but each layer normalises 16 images together "
+                                          r"\(32 process\(es\) x 1 accumulation step\(s\)\)"):
+        keep_ghost_batch_size(build_model(cfg, 10), cfg, 32, False)
+    cfg = load_config("myrtle_resnet9", ["data.batch_size=500"])
+    with pytest.raises(ConfigError, match="global batch 500 are ghost batches of 500/16 images"):
+        keep_ghost_batch_size(build_model(cfg, 10), cfg, 1, False)
+
+
+def test_a_micro_batch_with_fewer_splits_normalises_as_its_part_of_the_whole_batch(tmp_path):
+    # what keeping the ghost size means, computed the second way: ghost BN of the first half of a batch in half the
+    # splits equals the first half of ghost BN of the whole batch; and the Trainer sets it up so when it accumulates
+    from timm_tricks.models.myrtle_resnet9 import ghost_batch_norm
+    from timm_tricks.train import Trainer
+
+    x = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ghost_batch_norm(x[:32], 2), ghost_batch_norm(x, 4)[:32], atol=1e-6)
+    assert not torch.allclose(ghost_batch_norm(x[:32], 4), ghost_batch_norm(x, 4)[:32], atol=1e-3)
+    cfg = load_config("myrtle_resnet9", ["data.source=synthetic:128", "data.batch_size=64", "train.epochs=1",
+                                         "train.grad_accum_steps=2", "model.kwargs.ghost_bn_splits=4",
+                                         "ema.enabled=false", "train.best_metric=eval_top1", "train.precision='no'",
+                                         "train.log_with=[none]"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert _ghost_splits(trainer.accelerator.unwrap_model(trainer.model)) == {2}

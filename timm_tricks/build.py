@@ -66,6 +66,35 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             raise ConfigError(f"cannot load the weights of model {cfg.model.name!r}: {_first_line(e)}") from None
 
 
+def keep_ghost_batch_size(model: nn.Module, cfg: Config, world: int, synchronised: bool) -> None:
+    """Set each ghost BN layer's ``num_splits`` so that its ghost batches hold as many images as the recipe's.
+
+    A recipe's ``num_splits`` cuts the global batch: Myrtle's 16 splits of 512 are ghost batches of 32 images
+    (Page, "How to train your ResNet 8", cell 55). A layer sees less than the global batch when the batch is spread
+    over processes (unless ``train.sync_bn`` joins them, :mod:`timm_tricks.sync_bn`) or over accumulation steps; left
+    at 16, its ghost batches would shrink in proportion (4 images a process on 8 GPUs). Here each layer gets
+    ``splits x seen / global`` splits, ``seen`` being the images it normalises together; a batch that cannot be cut
+    so is one line naming the sizes.
+    """
+    from .models import GhostBatchNorm2d
+
+    layers = [m for m in model.modules() if isinstance(m, GhostBatchNorm2d) and m.num_splits > 1]
+    if not layers:
+        return
+    total = cfg.global_batch_size(world)
+    seen = cfg.per_device_batch_size(world) * (world if synchronised else 1)
+    for layer in layers:
+        splits = layer.num_splits
+        if total % splits or (splits * seen) % total:
+            ghost = f"{total // splits} images" if total % splits == 0 else f"{total}/{splits} images"
+            raise ConfigError(f"ghost batch norm: {splits} ghost batches of the global batch {total} are ghost "
+                              f"batches of {ghost}, but each layer normalises {seen} images together "
+                              f"({world} process(es) x {cfg.train.grad_accum_steps} accumulation step(s)"
+                              f"{', synchronised' if synchronised else ''}): choose a batch that {seen} images cut "
+                              "into whole ghost batches, or change model.kwargs.ghost_bn_splits")
+        layer.num_splits = splits * seen // total
+
+
 def _unexpected_keyword(e: TypeError) -> str | None:
     """The keyword a constructor refused (``... got an unexpected keyword argument 'x'``), or None."""
     text = str(e)

@@ -39,6 +39,7 @@ from .build import (
     build_teacher,
     check_accelerator,
     check_input_channels,
+    keep_ghost_batch_size,
     loss_from_config,
     optimizer_from_config,
     schedule_from_config,
@@ -181,10 +182,12 @@ class Trainer:
         model = build_model(cfg, self.num_classes)
         if not (self.resume and list_checkpoints(self.output_dir / "checkpoints")):  # a resume loads the filter
             fit_input_whitening(model, self.batches)  # Myrtle post 8's patch whitening, if the model has one
-        if cfg.train.sync_bn and self.world > 1:
+        synchronised = cfg.train.sync_bn and self.world > 1
+        if synchronised:
             from .sync_bn import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model, self.device)
+        keep_ghost_batch_size(model, cfg, self.world, synchronised)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = build_ema(cfg, model, self.device)
