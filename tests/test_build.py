@@ -132,9 +132,10 @@ def test_ghost_batches_keep_the_recipes_32_images_however_the_batch_is_spread(wo
 
 def test_ghost_batches_that_a_layers_batch_cannot_hold_are_one_line():
     cfg = load_config("myrtle_resnet9", [])
-    with pytest.raises(ConfigError, match=r"^ghost batch norm: 16 ghost batches of the global batch 512 are ghost "
-                                          r"batches of 32 images, but each layer normalises 16 images together "
-                                          r"\(32 process\(es\) x 1 accumulation step\(s\)\)"):
+    with pytest.raises(ConfigError, match=r"^ghost batch norm: 16 splits of the global batch 512 are ghost batches "
+                                          r"of 32 images, and each layer normalises 16 images together \(32 "
+                                          r"process\(es\), 1 accumulation step\(s\)\), which must be a whole "
+                                          r"number of them: change data.batch_size or model.kwargs.ghost_bn_splits$"):
         keep_ghost_batch_size(build_model(cfg, 10), cfg, 32, False)
     cfg = load_config("myrtle_resnet9", ["data.batch_size=500"])
     with pytest.raises(ConfigError, match="global batch 500 are ghost batches of 500/16 images"):

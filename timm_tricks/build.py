@@ -87,11 +87,11 @@ def keep_ghost_batch_size(model: nn.Module, cfg: Config, world: int, synchronise
         splits = layer.num_splits
         if total % splits or (splits * seen) % total:
             ghost = f"{total // splits} images" if total % splits == 0 else f"{total}/{splits} images"
-            raise ConfigError(f"ghost batch norm: {splits} ghost batches of the global batch {total} are ghost "
-                              f"batches of {ghost}, but each layer normalises {seen} images together "
-                              f"({world} process(es) x {cfg.train.grad_accum_steps} accumulation step(s)"
-                              f"{', synchronised' if synchronised else ''}): choose a batch that {seen} images cut "
-                              "into whole ghost batches, or change model.kwargs.ghost_bn_splits")
+            raise ConfigError(f"ghost batch norm: {splits} splits of the global batch {total} are ghost batches of "
+                              f"{ghost}, and each layer normalises {seen} images together ({world} process(es), "
+                              f"{cfg.train.grad_accum_steps} accumulation step(s)"
+                              f"{', synchronised' if synchronised else ''}), which must be a whole number of them: "
+                              "change data.batch_size or model.kwargs.ghost_bn_splits")
         layer.num_splits = splits * seen // total
 
 
