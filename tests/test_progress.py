@@ -311,3 +311,31 @@ def test_a_cuda_step_does_not_wait_for_the_device(tmp_path, monkeypatch):
     ours = {"train.py", "progress.py", "mixup.py", "seeding.py", "build.py", "batches.py", "data.py"}
     assert [s for s in syncs if s[0] in ours] == []
     assert trainer.state.global_step == 11 and trainer.state.num_updates == 11
+
+
+def test_a_long_evaluation_prints_a_line_before_the_interval_passes():
+    # evaluation batches of 7 s each: a line is due once 1.5 x 7 s more would pass 30 s since the last line,
+    # as for the step lines; what the line says is this process's images so far
+    clock = Clock()
+    progress = Progress(main=True, every_steps=1000, every_seconds=30.0, images_per_step=64, clock=clock)
+    progress.say("epoch line")
+    progress.start_eval()
+    printed = []
+    real_say = progress.say
+    progress.say = lambda line: printed.append((clock.now, line)) or real_say(line)
+    for batch in range(1, 20):
+        clock.now += 7.0
+        progress.eval_tick("evaluating", 100 * batch)
+    assert [t for t, _ in printed[:3]] == [21.0, 42.0, 63.0]
+    assert printed[0][1] == "evaluating: 300 images of this process so far"
+    assert max(b - a for a, b in zip([0.0] + [t for t, _ in printed], [t for t, _ in printed], strict=False)) <= 30
+
+
+def test_the_trainer_reports_its_evaluations_of_the_model_and_the_ema(tmp_path, capsys):
+    # with a line due at every chance, each evaluation batch of 128 (359 validation digits) gives one
+    cfg = load_config("digits", FAST + ["train.log_every_seconds=1e-9", "ema.enabled=true"])
+    Trainer(cfg, tmp_path / "run").fit()
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("evaluating")]
+    counts = ["128", "256", "359"]
+    assert lines == [f"evaluating: {n} images of this process so far" for n in counts] + [
+        f"evaluating the EMA: {n} images of this process so far" for n in counts]

@@ -4,6 +4,7 @@ of a finished run's weights (``timm-tricks eval``)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +28,27 @@ def shard_for(cfg: Config, accelerator: Any) -> Any:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: TensorBatches | FileBatches, accelerator: Any, batch_size: int,
-                   tta_flip: bool = False, channels_last: bool = False) -> dict[str, float]:
+                   tta_flip: bool = False, channels_last: bool = False,
+                   on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) of ``model`` on ``batches``' validation share of every process, summed
     over processes: each validation image is counted once, whatever the number of processes.
 
     The model runs unwrapped (no DDP), so processes with one batch more than others cannot deadlock.
+    ``on_batch(images)`` is called after each batch with this process's images so far (the Trainer's progress).
     """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, count
+    done = 0
     for images, labels in batches.eval_batches(batch_size):
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = flip_tta(model, images) if tta_flip else model(images)
         totals += topk_counts(logits.float(), labels)
+        done += len(labels)
+        if on_batch is not None:
+            on_batch(done)
     model.train(was_training)
     totals = accelerator.reduce(totals, reduction="sum")
     n = max(totals[3].item(), 1.0)

@@ -166,6 +166,19 @@ class Progress:
             return True
         return self.main and now - self.last_line + STEP_MARGIN * (now - last_step) >= self.every_seconds
 
+    def start_eval(self) -> None:
+        """An evaluation starts: :meth:`eval_tick` times its batches from now."""
+        self.last_step = self.clock()
+
+    def eval_tick(self, what: str, images: int) -> None:
+        """After an evaluation batch (``images`` of this process done so far): a line when the next batch could
+        otherwise pass ``every_seconds`` since the last line (the margin of :meth:`due`), so that a long evaluation
+        does not go quiet in a log. Main process only; nothing is read from the device."""
+        now, last = self.clock(), self.last_step
+        self.last_step = now
+        if self.main and now - self.last_line + STEP_MARGIN * (now - last) >= self.every_seconds:
+            self.say(f"{what}: {images:,} images of this process so far")
+
     def step_line(self, epoch: int, step: int, global_step: int, loss: tuple[float, int], lr: float) -> None:
         """Print the step line; ``loss`` is the epoch's (loss sum, micro-batches) now."""
         now = self.clock()

@@ -302,11 +302,14 @@ class Trainer:
 
     def evaluate(self, model: nn.Module | None = None, tta_flip: bool | None = None) -> dict[str, float]:
         """Top-1, top-5 and loss on the validation set, every sample counted exactly once over all processes."""
+        what = "evaluating the EMA" if self.ema is not None and model is self.ema.module else "evaluating"
         model = model if model is not None else self.accelerator.unwrap_model(self.model)
+        self.progress.start_eval()
         return evaluate_model(model, self.batches, self.accelerator,
                               batch_size=self.cfg.data.eval_batch_size or self.per_device_batch,
                               tta_flip=self.cfg.eval.tta_flip if tta_flip is None else tta_flip,
-                              channels_last=self.cfg.train.channels_last)
+                              channels_last=self.cfg.train.channels_last,
+                              on_batch=lambda images: self.progress.eval_tick(what, images))
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
