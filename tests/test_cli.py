@@ -159,6 +159,9 @@ def test_console_script_and_module_entry_points():
     (["tune", "--space", "digits", "--epochs", "4", "--grace-period", "5"], "longer than the 4 epochs"),
     (["tune", "--space", "digits", "--cpus-per-trial", "64"], "lower --cpus-per-trial"),
     (["tune", "--space", "digits", "--status-every", "0"], "--status-every must be a positive number of seconds"),
+    # wandb is not in the dev extra: Ray's WandbLoggerCallback would have raised a RuntimeError in the driver
+    (["tune", "--space", "digits", "--set", "train.log_with=[wandb]"],
+     "train.log_with: wandb is not installed; pip install 'timm_tricks[wandb]', or drop it from train.log_with"),
     (["ablate", "--ladder", "bag_of_tricks", "--quiet", "--status-every", "-1"], "--status-every must be a positive"),
 ])
 def test_search_and_ablation_mistakes_exit_2_before_ray_starts(tmp_path, capsys, argv, message):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from timm_tricks.errors import ConfigError
-from timm_tricks.search_status import SearchWatch, StatusOptions, trial_number, trial_status
+from timm_tricks.search_status import SearchWatch, StatusOptions, error_summary, trial_number, trial_status
 
 
 def _trial(number, status="RUNNING", epoch=0, config=None, failures=0, error_file=None, **extra):
@@ -146,3 +146,17 @@ def test_a_metric_that_spans_more_than_50x_gets_a_log_axis():
     assert _log_if_spread(loss, [292.0, 0.45, 1.8, float("nan")]) and loss.get_yscale() == "log"
     assert not _log_if_spread(top1, [62.7, 99.7, 98.1]) and top1.get_yscale() == "linear"
     plt.close(fig)
+
+
+def test_an_error_is_summarised_by_its_exception_line_not_rays_headers():
+    # the text of a RayTaskError as ablate gets it, and an error.txt as Tune writes it
+    ray_error = ("ray::ImplicitFunc.train() (pid=4242, ip=10.0.0.1, actor_id=ab12)\n"
+                 "  File \"/x/timm_tricks/train.py\", line 3, in fit\n"
+                 "    raise DataError(...)\n"
+                 "timm_tricks.errors.DataError: folder data set '/nowhere' has no train/ folder\n")
+    assert error_summary(ray_error) == "DataError: folder data set '/nowhere' has no train/ folder"
+    assert error_summary("Failure # 1 (occurred at 2026-11-30)\nray::ImplicitFunc.train()\n"
+                         "The actor died unexpectedly before finishing this task.\n") == (
+        "The actor died unexpectedly before finishing this task.")
+    assert error_summary("") == "no error message"
+    assert error_summary("ValueError: " + "x" * 300) == "ValueError: " + "x" * 145 + "..."

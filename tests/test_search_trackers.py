@@ -1,5 +1,9 @@
 """A search logs to the Ray Tune callbacks of the recipe's trackers (train.log_with)."""
 
+import pytest
+
+from timm_tricks.errors import ConfigError
+
 
 def test_a_search_logs_to_the_ray_callbacks_of_the_recipes_trackers():
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -11,4 +15,5 @@ def test_a_search_logs_to_the_ray_callbacks_of_the_recipes_trackers():
     assert isinstance(tb, TBXLoggerCallback) and isinstance(ml, MLflowLoggerCallback)
     assert ml.experiment_name == "digits-search"
     assert tracker_callbacks(["none"], "x") == [] and tracker_callbacks([], "x") == []
-    assert tracker_callbacks(["aim"], "x") == []  # accelerate's other trackers log per trial only
+    with pytest.raises(ConfigError, match="^train.log_with: aim is not installed; pip install aim, "):
+        tracker_callbacks(["aim"], "x")  # not in the dev extra

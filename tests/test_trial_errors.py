@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from timm_tricks.errors import ConfigError
 from timm_tricks.trial_errors import MistakeWatch, all_failed, user_error
 
 DATA_ERROR = ("Failure # 1 (occurred at 2026-11-30_13-40-00)\n"
@@ -35,7 +36,7 @@ def test_the_search_stops_when_every_first_attempt_failed_with_the_same_mistake(
     watch.on_trial_recover(0, [], FakeTrial("a", CRASH))  # a's retry: only first attempts count
     watch.on_trial_recover(1, [], FakeTrial("b", DATA_ERROR))
     assert watch.stop_all()
-    with pytest.raises(Exception, match="without retries: folder data set '/nowhere' has no train/ folder"):
+    with pytest.raises(ConfigError, match="without retries: folder data set '/nowhere' has no train/ folder"):
         watch.raise_if_stopped()
 
 
@@ -110,6 +111,7 @@ def test_a_search_in_which_every_trial_failed_exits_1_without_a_best_recipe(tmp_
                            "model.name=resnet18d_tricks", "data.image_size=16", "data.batch_size=128"],
                           capture_output=True, text=True, env=dict(os.environ, HOME=str(tmp_path)), timeout=900)
     exp = tmp_path / "st" / "fails"
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a TrainingError: the CLI's status 1 (errors.exit_status)
     assert "TrainingError: all 2 trials failed (2 with: RuntimeError: boom); no best trial" in proc.stderr
     assert not (exp / "best_recipe.yaml").exists()
     assert "Every trial failed; there is no best trial." in (exp / "report.md").read_text()

@@ -31,7 +31,7 @@ from .experiment import (
     make_trial,
 )
 from .ladder import Ladder, PlannedRung, plan_ladder, teacher_config
-from .search_status import SearchWatch, StatusOptions, result_summary
+from .search_status import SearchWatch, StatusOptions, error_summary, result_summary
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ def _ablate(ladder: Ladder, overrides: list[str], updates: dict, options: Ablati
             trial = make_trial(teacher_file, cluster=cluster, step_callback=step_callback)
             result = fit(exp / "teacher", trial, {}, cluster=cluster, settings=settings, resume=options.resume)[0]
             if result.error:
-                first_line = str(result.error).strip().splitlines()[0] if str(result.error).strip() else "an error"
-                raise TrainingError(f"the teacher run failed ({first_line}); its log: {result.path}/error.txt")
+                raise TrainingError(f"the teacher run failed ({error_summary(str(result.error))}); its log: "
+                                    f"{result.path}/error.txt")
             teacher_checkpoint = str(Path(result.path) / "run" / "model.safetensors")
             watch.say(f"the teacher is trained: {teacher_checkpoint}")
         rungs = {}

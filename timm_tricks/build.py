@@ -171,16 +171,24 @@ def trackers(cfg: Config, output_dir: Path) -> list[Any]:
     ``MLFLOW_TRACKING_URI`` points (its own default otherwise). The project (wandb project, MLflow experiment) is
     the config's ``name``, the run the output folder's name (:func:`start_trackers`).
     """
-    from accelerate.tracking import TensorBoardTracker, get_available_trackers
+    from accelerate.tracking import TensorBoardTracker
 
-    names = [n for n in cfg.train.log_with if n != "none"]
+    names = installed_trackers(cfg.train.log_with)
+    return [TensorBoardTracker("tensorboard", str(output_dir)) if n == "tensorboard" else n for n in names]
+
+
+def installed_trackers(log_with: list[str]) -> list[str]:
+    """The trackers of ``train.log_with`` (``none`` dropped), each installed: else one line naming what to install."""
+    from accelerate.tracking import get_available_trackers
+
+    names = [n for n in log_with if n != "none"]
     available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name not in available:
             extra = f"'timm_tricks[{name}]'" if name in TRACKER_EXTRAS else TRACKER_PACKAGES.get(name, name)
             raise ConfigError(f"train.log_with: {name} is not installed; pip install {extra}, or drop it from "
                               "train.log_with")
-    return [TensorBoardTracker("tensorboard", str(output_dir)) if n == "tensorboard" else n for n in names]
+    return names
 
 
 def start_trackers(acc: Any, cfg: Config, output_dir: Path) -> None:

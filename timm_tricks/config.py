@@ -303,8 +303,12 @@ def load_recipe_dict(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> 
         return data
     if not isinstance(base, str):
         raise ConfigError(f"'base' in recipe {str(path)!r} must be a recipe name or path, got {base!r}")
-    base_ref = path.parent / base if base.endswith((".yaml", ".yml")) else base
-    return merge(load_recipe_dict(base_ref, (*_seen, path)), data)
+    return merge(load_recipe_dict(base_ref(path, base), (*_seen, path)), data)
+
+
+def base_ref(path: Path, base: str) -> str | Path:
+    """What ``base: BASE`` in the recipe at ``path`` names: a file beside it (``*.yaml``), else a recipe name."""
+    return path.parent / base if base.endswith((".yaml", ".yml")) else base
 
 
 def load_config(recipe: str | Path | None = None, *layers: Layer, check_names: bool = True) -> Config:

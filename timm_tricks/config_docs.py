@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, load_config, recipe_path
+from .config import Config, base_ref, load_config, recipe_path
 from .errors import UserError
 from .schema import flatten, leaf_fields, nest, unknown
 
@@ -219,7 +219,7 @@ def _base_chain(name: str | Path) -> list[str]:
         base = yaml.safe_load(path.read_text()).get("base")
         if not isinstance(base, str) or len(chain) > 20:
             return chain
-        path = recipe_path(path.parent / base if base.endswith((".yaml", ".yml")) else base).resolve()
+        path = recipe_path(base_ref(path, base)).resolve()
 
 
 def _where(path: Path) -> str:

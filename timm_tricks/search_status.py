@@ -277,15 +277,20 @@ _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*(?:Error|Exception|Inte
 
 
 def _error_line(trial: Any) -> str:
-    """The trial's error in one line: the last ``SomeError: message`` line of its error file (Tune writes the
-    traceback there), without the exception's module; else the message's first line (a lost worker process:
-    ``The actor died unexpectedly ...``)."""
+    """The trial's error in one line (:func:`error_summary` of its error file, where Tune writes the traceback)."""
     path = getattr(trial, "error_file", None)
     try:
-        lines = [line.strip() for line in open(path).read().splitlines() if line.strip()] if path else []
+        return error_summary(open(path).read() if path else "")
     except OSError:
-        lines = []
-    lines = [line for line in lines if not line.startswith("Failure # ")]
+        return error_summary("")
+
+
+def error_summary(text: str) -> str:
+    """A printed error in one line: its last ``SomeError: message`` line, without the exception's module; else
+    its first line (a lost worker process: ``The actor died unexpectedly ...``). Ray's own header lines
+    (``ray::ImplicitFunc.train() (pid=...)``, ``Failure # 1``) are not the message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Failure # ", "ray::"))]
     named = [m.group(1) for line in lines if (m := _EXCEPTION.match(line))]
     text = named[-1] if named else lines[0] if lines else "no error message"
     return text if len(text) <= 160 else text[:157] + "..."

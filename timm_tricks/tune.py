@@ -125,6 +125,9 @@ def run_search(space: SearchSpace, recipe: str | Path, *, overrides: list[str] =
     with SearchWatch(title, space.metric, space.mode, options.status) as watch:
         watch.phase("checking the space against the recipe", f"{title}: checking the space against recipe {recipe}")
         base_cfg = load_config(recipe, list(overrides), updates)  # fail early on a bad recipe or override
+        from .build import installed_trackers  # torch and timm: not at import time
+
+        installed_trackers(base_cfg.train.log_with)  # and on a tracker that is not installed
         if options.scheduler == "asha" and options.grace_period > base_cfg.train.epochs:
             raise ConfigError(f"--grace-period {options.grace_period} is longer than the {base_cfg.train.epochs} "
                               "epochs of a trial")
@@ -187,11 +190,14 @@ def _how(options: SearchOptions) -> str:
 def tracker_callbacks(log_with: list[str], name: str) -> list[Any]:
     """Ray Tune's logger callbacks for the trackers of ``train.log_with`` that Ray has (TensorBoard, MLflow, wandb):
     the search's trials side by side in one place, besides each trial's own run logs. MLflow follows
-    ``MLFLOW_TRACKING_URI``; wandb its own environment (``WANDB_MODE=offline`` for no network)."""
+    ``MLFLOW_TRACKING_URI``; wandb its own environment (``WANDB_MODE=offline`` for no network). A tracker that is
+    not installed is one line (:func:`~timm_tricks.build.installed_trackers`), before any trial starts."""
     from ray.tune.logger import TBXLoggerCallback
 
+    from .build import installed_trackers
+
     out: list[Any] = []
-    for tracker in log_with:
+    for tracker in installed_trackers(log_with):
         if tracker == "tensorboard":
             out.append(TBXLoggerCallback())
         elif tracker == "mlflow":
