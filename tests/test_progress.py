@@ -40,7 +40,7 @@ def test_start_step_and_epoch_lines_of_a_run(tmp_path, capsys, monkeypatch):
     cfg = load_config("digits", FAST + ["train.log_every_steps=4", "train.log_every_seconds=1e9", "ema.enabled=true"])
     trainer = Trainer(cfg, tmp_path / "run")
     reads, real_read = [], trainer._read
-    monkeypatch.setattr(trainer, "_read", lambda *a: reads.append(trainer.state.global_step) or real_read(*a))
+    monkeypatch.setattr(trainer, "_read", lambda *a, **k: reads.append(trainer.state.global_step) or real_read(*a, **k))
     monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped",
                         property(lambda self: pytest.fail("read without a GradScaler")))
     metrics = trainer.fit()
@@ -118,6 +118,28 @@ def test_a_non_finite_loss_is_found_at_the_next_read_and_named_by_its_step(tmp_p
     assert str(e.value) == (f"non-finite loss at epoch 0 step 6 (global step 6); stopping; the last good checkpoint is "
                             f"{str(tmp_path / 'run' / 'checkpoints' / 'ckpt-000000005')!r}")
     assert seen == list(range(8))  # steps 6 and 7 ran before the read at step 8
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*")) == ["ckpt-000000005"]
+
+
+def test_a_line_due_by_time_alone_reads_but_only_a_read_of_every_process_stops(tmp_path, monkeypatch):
+    # a line at every step by time (the main process's alone: in a multi-process run the others would not stop
+    # with it and would wait in their next all-reduce); step 6's NaN stops the run at step 10's checkpoint, which
+    # every process makes, naming step 6; no checkpoint is written after the bad step
+    cfg = load_config("digits", FAST + ["train.log_every_steps=100", "train.log_every_seconds=1e-9",
+                                        "train.checkpoint_every_steps=5"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    criterion, seen = trainer.criterion, []
+
+    def poisoned(logits, targets):
+        seen.append(trainer.state.global_step)
+        loss = criterion(logits, targets)
+        return loss * float("nan") if trainer.state.global_step == 6 else loss
+
+    trainer.criterion = poisoned
+    with pytest.raises(TrainingError, match=r"^non-finite loss at epoch 0 step 6 \(global step 6\); stopping; the "
+                                            r"last good checkpoint is .*ckpt-000000005'$"):
+        trainer.fit()
+    assert seen == list(range(10))  # the lines of steps 7, 8 and 9 read the NaN and went on
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*")) == ["ckpt-000000005"]
 
 
@@ -295,9 +317,9 @@ def test_a_cuda_step_does_not_wait_for_the_device(tmp_path, monkeypatch):
     trainer = Trainer(cfg, tmp_path / "run", step_callback=arm)
     real_read = trainer._read
 
-    def read(*a):
+    def read(*a, **k):
         torch.cuda.set_sync_debug_mode(0)
-        return real_read(*a)
+        return real_read(*a, **k)
 
     monkeypatch.setattr(trainer, "_read", read)
     try:

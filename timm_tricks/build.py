@@ -155,8 +155,6 @@ def warn_launcher_precision(precision: str, main: bool) -> None:
 
 #: The pip package of each tracker of ``train.log_with`` that this package has no extra for (the extras are named
 #: after the tracker: ``pip install 'timm_tricks[mlflow]'``).
-TRACKER_PACKAGES = {"comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
-                    "swanlab": "swanlab", "trackio": "trackio", "tensorboard": "tensorboard"}
 TRACKER_EXTRAS = ("mlflow", "wandb")
 
 
@@ -185,7 +183,7 @@ def installed_trackers(log_with: list[str]) -> list[str]:
     available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name not in available:
-            extra = f"'timm_tricks[{name}]'" if name in TRACKER_EXTRAS else TRACKER_PACKAGES.get(name, name)
+            extra = f"'timm_tricks[{name}]'" if name in TRACKER_EXTRAS else name  # the others: package = name
             raise ConfigError(f"train.log_with: {name} is not installed; pip install {extra}, or drop it from "
                               "train.log_with")
     return names

@@ -162,9 +162,13 @@ class Progress:
         self.last_step = now
         if self.bar is not None:
             self.bar.update(1)
-        if global_step % self.every_steps == 0 or step >= self.steps_per_epoch:
+        if self.counted(global_step, step):
             return True
         return self.main and now - self.last_line + STEP_MARGIN * (now - last_step) >= self.every_seconds
+
+    def counted(self, global_step: int, step: int) -> bool:
+        """Whether a line is due by the step count alone, which every process reaches together."""
+        return global_step % self.every_steps == 0 or step >= self.steps_per_epoch
 
     def start_eval(self) -> None:
         """An evaluation starts: :meth:`eval_tick` times its batches from now."""

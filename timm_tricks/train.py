@@ -264,8 +264,10 @@ class Trainer:
             every = cfg.train.checkpoint_every_steps
             save = every and st.global_step % every == 0 and st.step_in_epoch < self.steps_per_epoch
             due = self.progress.due(st.global_step, st.step_in_epoch)
-            if due or save:
-                st.epoch_loss_sum = self._read(loss_sum, epoch)
+            if due or save:  # a line due by time alone is the main process's: it reads, but stops no one
+                st.epoch_loss_sum = self._read(loss_sum, epoch,
+                                               together=bool(save) or self.progress.counted(st.global_step,
+                                                                                            st.step_in_epoch))
             if due:
                 self.progress.step_line(epoch, st.step_in_epoch, st.global_step,
                                         (st.epoch_loss_sum, st.epoch_loss_count), self._lr())
@@ -275,16 +277,22 @@ class Trainer:
                 self.step_callback(st)
             if st.step_in_epoch >= self.steps_per_epoch:
                 break
-        self._read(loss_sum, epoch)
+        self._read(loss_sum, epoch, together=True)
         count = st.epoch_loss_count * self.world  # every process takes or skips the same steps
         mean = acc.reduce(loss_sum, reduction="sum").item() / count if count else float("nan")
         st.epoch_loss_sum, st.epoch_loss_count = 0.0, 0
         return mean
 
-    def _read(self, loss_sum: torch.Tensor, epoch: int) -> float:
-        """The epoch's loss sum so far, read with the non-finite watch in one transfer; stop at a non-finite loss."""
-        total, first = torch.stack([loss_sum, self.watch.first.double()]).tolist()
-        if first < NO_STEP:
+    def _read(self, loss_sum: torch.Tensor, epoch: int, together: bool) -> float:
+        """The epoch's loss sum so far, read with the non-finite watch in one transfer. At a read that every process
+        makes ``together`` (a line due by step count, a checkpoint, the epoch's end) the watch is the earliest of
+        all processes', and a non-finite loss stops them all alike; a read of the main process alone (a line due by
+        time) stops nothing, so that no process is left waiting for the others in a collective."""
+        first_bad = self.watch.first
+        if together and self.world > 1:
+            first_bad = self.accelerator.gather(first_bad.view(1)).min()
+        total, first = torch.stack([loss_sum, first_bad.double()]).tolist()
+        if together and first < NO_STEP:
             self._stop_non_finite(epoch, int(first) - (self.state.global_step - self.state.step_in_epoch), int(first))
         return total
 
