@@ -15,6 +15,7 @@ deterministic already (both settings should agree).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import statistics
@@ -42,12 +43,13 @@ def child(args: list[str]) -> None:
     flag = f"train.deterministic={'true' if switch == 'on' else 'false'}"
     if mode == "bytes":
         out = Path(args[1])
-        Trainer(load_config("digits", [*BYTES_SETS, f"data.image_size={16 if dry else 32}", flag]), out).fit()
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer's lines stream; stdout is the result alone
+            Trainer(load_config("digits", [*BYTES_SETS, f"data.image_size={16 if dry else 32}", flag]), out).fit()
         print("sha256", hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
         return
     s = CPU if dry else GPU
     precision = "no" if dry else "bf16"
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         trainer = Trainer(load_config(None, [*trainer_sets(s.model, s.image, s.batch, s.steps, precision, False),
                                              flag]), Path(tmp) / "run")
         rate = alternate({"trainer": trainer_epoch(trainer)}, 3 if not dry else 1)["trainer"]
@@ -57,9 +59,9 @@ def child(args: list[str]) -> None:
 def measure(args: list[str]) -> str:
     """Run :func:`child` in a new process; its last line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"determinism: {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    done = subprocess.run([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode != 0:  # its traceback went to stderr, above
+        raise SystemExit(f"determinism: {' '.join(args)} failed")
     print(f"  {' '.join(args[:1] + args[-2:])}: {done.stdout.strip().splitlines()[-1]}", file=sys.stderr, flush=True)
     return done.stdout.strip().splitlines()[-1]
 
